@@ -1,6 +1,8 @@
 # The two set-up commands of the README. Both run one idempotent bootstrap first.
 PYTHON ?= python3
 DEMO_DIR ?= demo
+# the one-host cluster of slurm/up; a real site's SLURM_CONF (if set) wins
+export SLURM_CONF ?= $(CURDIR)/.slurm/slurm.conf
 
 .PHONY: bootstrap demo test
 
