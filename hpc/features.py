@@ -1,0 +1,72 @@
+"""SoundNet feature extraction over a Ray actor pool: each actor loads the model once (on its GPU when it has
+one) and extracts whole clip shards; the driver then standardises, indexes and draws (his.audio.features).
+
+    python -m hpc.features [CONFIG.toml] data=demo/clips checkpoint=demo/soundnet/soundnet_finetuned.pt actors=2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import ray
+import torch
+from ray.util import ActorPool
+from tqdm import tqdm
+
+from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, is_complete,
+                                load_feature_model, plan)
+from his.config import load_config
+
+
+@dataclasses.dataclass
+class PoolFeaturesConfig(FeaturesConfig):
+    address: str = ""  # Ray cluster address; "" starts a local Ray
+    actors: int = 2
+    gpus_per_actor: float = 0.0  # > 0 puts each actor on (a share of) a GPU
+    cpus_per_actor: float = 1.0
+
+
+@ray.remote
+class FeatureActor:
+    def __init__(self, checkpoint: str, layer: str, batch_size: int, threads: int):
+        torch.set_num_threads(threads)
+        # Ray narrows CUDA_VISIBLE_DEVICES to this actor's GPU, so "cuda" is that GPU when it has one.
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.layer = load_feature_model(checkpoint, layer, device)
+        self.batch_size = batch_size
+
+    def extract(self, job: ShardJob) -> int:
+        return extract_shard(self.model, self.layer, job, self.batch_size)
+
+
+def run(cfg: PoolFeaturesConfig) -> dict:
+    features_dir, checkpoint, sha, jobs = plan(cfg)
+    pending = [job for job in jobs if not Path(job.raw_path).exists()]
+    if not pending and is_complete(features_dir, sum(job.rows for job in jobs)):
+        return {"features_dir": str(features_dir), "checkpoint_sha256": sha, "extracted_shards": 0,
+                "skipped_shards": len(jobs)}
+    if pending:
+        if not ray.is_initialized():
+            ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
+        actor = FeatureActor.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+        threads = max(1, int(cfg.cpus_per_actor))
+        pool = ActorPool([actor.remote(cfg.checkpoint, cfg.layer, cfg.batch_size, threads)
+                          for _ in range(min(cfg.actors, len(pending)))])
+        for _ in tqdm(pool.map_unordered(lambda a, job: a.extract.remote(job), pending), total=len(pending),
+                      desc="soundnet features (ray)"):
+            pass
+    summary = finish(cfg, features_dir, checkpoint, sha, jobs, feature_layer(cfg.checkpoint, cfg.layer))
+    return {**summary, "extracted_shards": len(pending), "skipped_shards": len(jobs) - len(pending)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    toml = args[0] if args and "=" not in args[0] else None
+    print(run(load_config(PoolFeaturesConfig, toml, args[1:] if toml else args)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
