@@ -1,0 +1,311 @@
+"""A generated stand-in for UCF-101 and PPMI, in their exact file formats, with real instrument sound.
+
+    python -m his.synth --out DIR [--classes PlayingCello,PlayingDhol] [--videos-per-class N] [--groups G]
+                        [--ppmi-images M] [--seed S] [--duration-range 4 10] [--workers 2] [--force]
+
+writes, the same bytes for the same arguments (and the same ffmpeg, fluidsynth, soundfont and Pillow):
+  DIR/UCF-101/<Class>/v_<Class>_gGG_cCC.avi   320x240, 25 fps, MPEG-4 Part 2 (xvid tag), MP3 (or AAC) 44.1 kHz
+  DIR/ucfTrainTestlist/classInd.txt, trainlist01.txt, testlist01.txt   (a group is never in both splits;
+      as UCF-101's split 1 takes groups 1-7 of 25 for test, the first round(G * 7/25) groups are test)
+  DIR/PPMI/norm_image/{play_instrument,with_instrument}/<Instrument>/{train,test}/NNNN.jpg
+  DIR/attributes.json   the settings and every clip's and image's attributes, for evaluation; a rerun with
+      the same settings finds it and reuses the data set (--force makes it anew)
+
+Sound: random melodies rendered by fluidsynth with the FluidR3 General MIDI soundfont: cello (GM program 42
+counted from 0), flute (73), sitar (104); stand-ins for the drums GM lacks: dhol = taiko drum (116) with bongo
+and conga slaps, daf = melodic tom (117) with tambourine jingles and an open conga. Without fluidsynth or the
+soundfont (HIS_SOUNDFONT names another): numpy additive synthesis, with a one-line warning.
+
+Picture: each class its own scene: room palette and clutter, the player's pose (standing, on a stool, on the
+floor) and the instrument's shape and colour. Each group (one player, as in UCF-101) fixes skin, clothes, the
+player's place and the room's clutter. Each frame has camera shake and the upper body sways a little.
+
+What the sound says about the picture, within a class (every clip draws r, l and tempo at random):
+  pitch register r in [0, 1] -> the melody's centre note (e.g. cello MIDI 40..60, flute 67..86), and the
+      player stands on a riser 60*r pixels high and is drawn (1 - 0.25 r) times as large: the higher the
+      pitch, the higher (and smaller) the player and instrument in the frame.
+  loudness l in [0, 1]       -> MIDI velocity 40 + 80 l, and the scene's light: every pixel times 0.4 + 0.6 l.
+  tempo (70..150 bpm)         -> the beat of the melody, and the bow, sticks or strumming hand move once a beat.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import ffmpeg
+import numpy as np
+from tqdm import tqdm
+
+from his import __version__
+from his.io import atomic_path, write_json
+from his.media import ffmpeg_exe
+from his.synth import scene, sound
+
+ALL_CLASSES: tuple[str, ...] = tuple(sorted(sound.VOICES))
+DEFAULT_CLASSES = ALL_CLASSES  # the report's five
+FPS = 25
+TEST_GROUP_FRACTION = 7 / 25  # UCF-101 split 1: groups 1-7 of 25 are test
+TEMPO_RANGE = (70.0, 150.0)
+IMAGES_PER_TASK = 25
+
+
+class SynthError(ValueError):
+    """Arguments the generator cannot use; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    cls: str
+    group: int
+    clip: int
+    split: str
+    pitch_register: float
+    loudness: float
+    tempo_bpm: float
+    duration_s: float
+
+    @property
+    def name(self) -> str:
+        return f"v_{self.cls}_g{self.group:02d}_c{self.clip:02d}"
+
+    @property
+    def video(self) -> str:
+        return f"UCF-101/{self.cls}/{self.name}.avi"
+
+
+@dataclass(frozen=True)
+class PpmiImage:
+    cls: str
+    index: int  # over all images, the seed key
+    path: str
+    subset: str  # "play_instrument" or "with_instrument"
+    split: str
+
+
+def _rng(seed: int, cls: str, *keys: int) -> np.random.Generator:
+    """Each clip, look and image has its own stream, so results do not depend on which other ones are made."""
+    return np.random.default_rng([seed, ALL_CLASSES.index(cls), *keys])
+
+
+@lru_cache(maxsize=1)
+def audio_codec() -> str:
+    """libmp3lame as UCF-101 has MP3, when this ffmpeg build has it; AAC otherwise."""
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-encoders"], capture_output=True,
+                         text=True, timeout=30)
+    return "libmp3lame" if "libmp3lame" in out.stdout else "aac"
+
+
+def plan_clips(classes: Sequence[str], videos_per_class: int, groups: int, seed: int,
+               duration_range: tuple[float, float]) -> list[Clip]:
+    test_groups = max(1, round(groups * TEST_GROUP_FRACTION))
+    clips = []
+    for cls in classes:
+        for i in range(videos_per_class):
+            group, index = i % groups + 1, i // groups + 1
+            rng = _rng(seed, cls, group, index, 0)
+            duration = round(rng.uniform(*duration_range) * FPS) / FPS
+            clips.append(Clip(cls=cls, group=group, clip=index, split="test" if group <= test_groups else "train",
+                              pitch_register=round(float(rng.uniform()), 4), loudness=round(float(rng.uniform()), 4),
+                              tempo_bpm=round(float(rng.uniform(*TEMPO_RANGE)), 1), duration_s=duration))
+    return sorted(clips, key=lambda c: (c.cls, c.group, c.clip))
+
+
+def plan_images(classes: Sequence[str], count: int) -> list[PpmiImage]:
+    """Round robin over classes, then play/with, then train/test, numbered within each folder as PPMI does."""
+    images, numbers = [], {}
+    for i in range(count):
+        cls = classes[i % len(classes)]
+        subset = ("play_instrument", "with_instrument")[(i // len(classes)) % 2]
+        split = ("train", "test")[(i // (2 * len(classes))) % 2]
+        folder = f"PPMI/norm_image/{subset}/{cls.removeprefix('Playing')}/{split}"
+        numbers[folder] = numbers.get(folder, 0) + 1
+        images.append(PpmiImage(cls, i, f"{folder}/{numbers[folder]:04d}.jpg", subset, split))
+    return images
+
+
+def encode_video(frames: bytes | bytearray, wav: Path, duration: float, path: Path, timeout: float = 120.0) -> None:
+    """rgb24 frames at 25 fps + a WAV -> AVI (MPEG-4 Part 2 with the xvid tag, MP3/AAC), bit-exact output."""
+    video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{scene.WIDTH}x{scene.HEIGHT}",
+                         framerate=FPS)
+    audio = ffmpeg.input(str(wav))
+    stream = ffmpeg.output(
+        video, audio, str(path), format="avi", vcodec="mpeg4", vtag="xvid", pix_fmt="yuv420p", acodec=audio_codec(),
+        ar=sound.SAMPLE_RATE, ac=2, t=f"{duration:.3f}", fflags="+bitexact", threads=1,
+        **{"q:v": 5, "b:a": "128k", "flags:v": "+bitexact", "flags:a": "+bitexact"},
+    ).global_args("-nostdin", "-loglevel", "error", "-y")  # ffmpeg-python puts these last: global options only
+    args = stream.compile(cmd=ffmpeg_exe())
+    proc = subprocess.run(args, input=frames, capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{path}: ffmpeg failed: {lines[-1] if lines else proc.returncode}")
+
+
+def make_clip(clip: Clip, out: Path, seed: int) -> list[int]:
+    """Render the sound, draw every frame, encode; returns the pitched MIDI keys played."""
+    voice = sound.VOICES[clip.cls]
+    rng = _rng(seed, clip.cls, clip.group, clip.clip, 2)
+    notes = sound.compose(voice, clip.pitch_register, clip.loudness, clip.tempo_bpm, clip.duration_s, rng)
+    look = scene.make_look(clip.cls, _rng(seed, clip.cls, clip.group, 0, 1))
+    beats_per_second = clip.tempo_bpm / 60
+    sway_phase = rng.uniform(0, 2 * math.pi)
+    shift = np.zeros(2)
+    frames = bytearray()  # every frame drawn: PIL paints one in under a millisecond, no need for key frames
+    for i in range(round(clip.duration_s * FPS)):
+        t = i / FPS
+        shift = np.clip(shift + rng.normal(0, 0.8, size=2), -scene.MARGIN, scene.MARGIN)  # camera shake
+        frame = scene.frame(look, clip.pitch_register, clip.loudness, math.sin(2 * math.pi * beats_per_second * t),
+                            (int(round(shift[0])), int(round(shift[1]))), sway=3 * math.sin(2.5 * t + sway_phase))
+        frames += frame.tobytes()
+    path = out / clip.video
+    with tempfile.TemporaryDirectory(prefix="his-synth-") as tmp:
+        wav = Path(tmp) / "sound.wav"
+        sound.write_wav(wav, sound.render(notes, voice.program, clip.duration_s, Path(tmp)))
+        with atomic_path(path) as tmp_path:
+            encode_video(frames, wav, clip.duration_s, tmp_path)
+    return sorted({n.key for n in notes if n.channel != sound.DRUM_CHANNEL})
+
+
+def make_images(images: list[PpmiImage], out: Path, seed: int) -> list[dict]:
+    """PPMI-like jpgs: a random player of the class, playing or just holding the instrument, a random crop."""
+    records = []
+    for image in images:
+        rng = _rng(seed, image.cls, 0, image.index, 3)
+        look = scene.make_look(image.cls, rng)
+        register, loudness = float(rng.uniform()), float(rng.uniform(0.3, 1.0))
+        canvas = scene.paint(look, register, loudness, float(rng.uniform(-1, 1)),
+                             playing=image.subset == "play_instrument", sway=float(rng.uniform(-3, 3)))
+        cw, ch = canvas.size
+        w = int(cw * rng.uniform(0.55, 1.0))
+        h = min(ch, int(w / rng.uniform(0.8, 1.3)))
+        x0 = int(np.clip(look.x - w / 2 + rng.uniform(-30, 30), 0, cw - w))
+        y0 = int(rng.integers(0, ch - h + 1))
+        side = int(rng.integers(220, 400))  # the longer side
+        size = (side, round(side * h / w)) if w >= h else (round(side * w / h), side)
+        picture = canvas.crop((x0, y0, x0 + w, y0 + h)).resize(size)
+        path = out / image.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format="JPEG", quality=90)
+        records.append({"path": image.path, "class": image.cls, "subset": image.subset, "split": image.split,
+                        "pitch_register": round(register, 4), "loudness": round(loudness, 4)})
+    return records
+
+
+def write_split_lists(out: Path, classes: Sequence[str], clips: list[Clip]) -> None:
+    folder = out / "ucfTrainTestlist"
+    folder.mkdir(parents=True, exist_ok=True)
+    label = {cls: i + 1 for i, cls in enumerate(classes)}
+    texts = {
+        "classInd.txt": "".join(f"{label[c]} {c}\n" for c in classes),
+        "trainlist01.txt": "".join(f"{c.cls}/{c.name}.avi {label[c.cls]}\n" for c in clips if c.split == "train"),
+        "testlist01.txt": "".join(f"{c.cls}/{c.name}.avi\n" for c in clips if c.split == "test"),
+    }
+    for name, text in texts.items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_text(text)
+
+
+def check_arguments(out: Path, classes: Sequence[str], videos_per_class: int, groups: int, ppmi_images: int,
+                    seed: int, duration_range: tuple[float, float], workers: int) -> None:
+    if not classes:
+        raise SynthError(f"no classes given; choose from {', '.join(ALL_CLASSES)}")
+    unknown = [c for c in classes if c not in ALL_CLASSES]
+    if unknown:
+        raise SynthError(f"unknown class {unknown[0]!r}; choose from {', '.join(ALL_CLASSES)}")
+    if videos_per_class < 2:
+        raise SynthError(f"--videos-per-class must be at least 2 (a train and a test group), got {videos_per_class}")
+    if groups < 2:
+        raise SynthError(f"--groups must be at least 2 (a train and a test group), got {groups}")
+    if ppmi_images < 0 or seed < 0 or workers < 1:
+        raise SynthError("--ppmi-images and --seed must be >= 0 and --workers >= 1")
+    low, high = duration_range
+    if not 0 < low <= high:
+        raise SynthError(f"--duration-range must be 0 < MIN <= MAX seconds, got {low} {high}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise SynthError(f"cannot write to {out}: {e.strerror or e}") from None
+
+
+def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, videos_per_class: int = 20,
+             groups: int = 5, ppmi_images: int = 200, seed: int = 0,
+             duration_range: tuple[float, float] = (4.0, 10.0), workers: int = 2, progress: bool = True,
+             force: bool = False) -> dict:
+    """Write the data set under `out` (see the module docstring); returns a summary. Groups are capped at
+    `videos_per_class`. A complete earlier run with the same settings is reused unless `force`.
+    Raises SynthError on arguments it cannot use."""
+    start = time.monotonic()
+    out = Path(out)
+    classes = sorted(dict.fromkeys(classes))  # classInd.txt numbers classes in alphabetical order, as UCF-101
+    check_arguments(out, classes, videos_per_class, groups, ppmi_images, seed, duration_range, workers)
+    groups = min(groups, videos_per_class)
+    clips = plan_clips(classes, videos_per_class, groups, seed, duration_range)
+    images = plan_images(classes, ppmi_images)
+    source = "fluidsynth" if sound.fluidsynth_available() else "numpy"
+    settings = {"version": __version__, "seed": seed, "classes": classes, "videos_per_class": videos_per_class,
+                "groups": groups, "ppmi_images": ppmi_images, "duration_range": list(duration_range),
+                "sound": source, "audio_codec": audio_codec()}
+    summary = {"out": str(out), "classes": classes, "videos": len(clips), "groups": groups,
+               "train": sum(c.split == "train" for c in clips), "test": sum(c.split == "test" for c in clips),
+               "images": len(images), "sound": source, "audio_codec": audio_codec()}
+    attributes_path = out / "attributes.json"
+    if not force and _complete(out, settings):
+        return {**summary, "reused": True, "seconds": round(time.monotonic() - start, 1)}
+    attributes_path.unlink(missing_ok=True)  # written last: while absent, the files on disk are not a data set
+    for cls in classes:
+        (out / "UCF-101" / cls).mkdir(parents=True, exist_ok=True)
+    sound.warn_if_fallback()
+
+    keys: dict[str, list[int]] = {}
+    image_records: list[dict] = []
+    # Threads, not processes: most of the work runs in the ffmpeg and fluidsynth child processes, and a thread
+    # pool starts instantly, needs no importable __main__ and forks nothing of the caller's (torch, Ray) state.
+    with ThreadPoolExecutor(workers) as pool, \
+            tqdm(total=len(clips) + len(images), desc="his.synth", unit="file", disable=not progress) as bar:
+        jobs = {pool.submit(make_clip, clip, out, seed): (clip.name, 1) for clip in clips}
+        for i in range(0, len(images), IMAGES_PER_TASK):
+            batch = images[i: i + IMAGES_PER_TASK]
+            jobs[pool.submit(make_images, batch, out, seed)] = ("images", len(batch))
+        for job in as_completed(jobs):
+            name, count = jobs[job]
+            if name == "images":
+                image_records += job.result()
+            else:
+                keys[name] = job.result()
+            bar.update(count)
+
+    write_split_lists(out, classes, clips)
+    clip_records = []
+    for c in clips:
+        voice = sound.VOICES[c.cls]
+        record = {"video": c.video, "class": c.cls, **{k: v for k, v in asdict(c).items() if k != "cls"}}
+        record.update(centre_note=sound.centre_note(voice, c.pitch_register), program=voice.program,
+                      notes=keys[c.name])
+        clip_records.append(record)
+    write_json(attributes_path, {**settings, "clips": clip_records,
+                                 "images": sorted(image_records, key=lambda r: r["path"])})
+    return {**summary, "reused": False, "seconds": round(time.monotonic() - start, 1)}
+
+
+def _complete(out: Path, settings: dict) -> bool:
+    """attributes.json is written last, so its settings and files listed in it mean a finished run."""
+    try:
+        attributes = json.loads((out / "attributes.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if {k: attributes.get(k) for k in settings} != settings:
+        return False
+    paths = [c["video"] for c in attributes["clips"]] + [i["path"] for i in attributes["images"]]
+    return all((out / p).is_file() for p in paths)
