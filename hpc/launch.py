@@ -1,0 +1,466 @@
+"""The front door on a cluster: submit the pipeline's stages as Slurm jobs through submitit.
+
+    python -m hpc.launch [STAGE] --partition gpu [--nodes 2] [--gpus-per-node 8] [--run-dir DIR]
+                         [--config FILE.toml] [--local] [--dry-run] [--sweep FILE.toml] [--wait] [key=value ...]
+
+STAGE is one of finetune, features, pretrain, train, evaluate. Without one, the whole chain is submitted at
+once, each job depending on the one before (afterok), skipping stages whose outputs exist and are valid.
+Keys are those of `PipelineConfig` (dotted: `train.max_steps=200`, `clips=/scratch/his/ucf`); the paths
+between stages are set from the run directory, so every stage of one run reads what the one before wrote:
+
+    RUN/soundnet/   fine-tuned SoundNet (finetune)      CLIPS/features/<sha>/  features (features)
+    RUN/pretrain/   unconditional WGAN (pretrain)       RUN/train/             the conditional GAN (train)
+    RUN/eval/       results.json, results.md, figures (evaluate)
+
+Slurm when `sbatch` is on PATH, submitit's local executor otherwise or with --local (stages then run one
+after the other on this machine). DDP stages get one task per GPU (per CPU slot on a CPU partition) and the
+torch.distributed environment from submitit's TorchDistributedEnvironment. Every job is a submitit
+Checkpointable: on preemption or time limit the stage checkpoints at the end of its current step, the job
+requeues itself, and the requeued job resumes exactly from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+import tomli_w
+
+from his.audio.features import features_dir_for, is_complete
+from his.audio.finetune import FinetuneConfig
+from his.config import ConfigError, config_to_dict, load_config
+from his.data.shards import sha256_file
+from his.eval.stage import EvalConfig
+from his.train import PretrainConfig, TrainConfig, latest_checkpoint
+from hpc.features import PoolFeaturesConfig
+
+STAGES = ("finetune", "features", "pretrain", "train", "evaluate")
+DDP_STAGES = ("finetune", "pretrain", "train")
+FINETUNED = "soundnet/soundnet_finetuned.pt"
+
+
+class LaunchError(RuntimeError):
+    """A request that cannot be submitted; one line, said before anything is submitted."""
+
+
+@dataclass
+class PipelineConfig:
+    clips: str = "demo/clips"  # clip data set (hpc.preprocess output, holds index.h5)
+    images: str = ""  # image set for unconditional pretraining (his.data.images); "" skips pretrain
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    features: PoolFeaturesConfig = field(default_factory=PoolFeaturesConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+
+def wire(cfg: PipelineConfig, run_dir: Path) -> PipelineConfig:
+    """Set every path that joins two stages from the run directory and the data sets."""
+    run_dir = run_dir.resolve()
+    clips = str(Path(cfg.clips).resolve())
+    images = str(Path(cfg.images).resolve()) if cfg.images else ""
+    r = dataclasses.replace
+    return r(
+        cfg,
+        clips=clips,
+        images=images,
+        finetune=r(cfg.finetune, data=clips, out=str(run_dir / "soundnet")),
+        features=r(cfg.features, data=clips, checkpoint=str(run_dir / FINETUNED)),
+        pretrain=r(cfg.pretrain, images=images, out=str(run_dir / "pretrain")),
+        train=r(cfg.train, clips=clips, out=str(run_dir / "train")),
+        evaluate=r(cfg.evaluate, run=str(run_dir / "train"), out=str(run_dir / "eval")),
+    )
+
+
+def features_dir(cfg: PipelineConfig) -> Path | None:
+    """Where the features of this run's fine-tuned SoundNet are (None until it exists)."""
+    checkpoint = Path(cfg.features.checkpoint)
+    if not checkpoint.exists():
+        return None
+    return features_dir_for(cfg.clips, sha256_file(checkpoint))
+
+
+def resolve_at_start(stage: str, cfg: PipelineConfig) -> Any:
+    """The stage's own config, with what is only known once the stages before it have run."""
+    if stage == "train":
+        train = cfg.train
+        if not train.features:
+            found = features_dir(cfg)
+            if found is None:
+                raise LaunchError(f"train: no features yet (expected the checkpoint {cfg.features.checkpoint})")
+            train = dataclasses.replace(train, features=str(found))
+        if not train.init_from and cfg.images:
+            latest = latest_checkpoint(cfg.pretrain.out)
+            if latest is not None:
+                train = dataclasses.replace(train, init_from=str(latest[0]))
+        return train
+    return getattr(cfg, stage)
+
+
+def _summary_completed(path: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("status", "completed") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
+def stage_done(stage: str, cfg: PipelineConfig) -> bool:
+    """Whether the stage's outputs exist and are valid, so a chain can skip it."""
+    if stage == "finetune":
+        return _summary_completed(Path(cfg.finetune.out) / "summary.json") and Path(cfg.features.checkpoint).exists()
+    if stage == "features":
+        found = features_dir(cfg)
+        if found is None:
+            return False
+        import h5py
+
+        with h5py.File(Path(cfg.clips) / "index.h5", "r") as f:
+            rows = len(f["label"])
+        return is_complete(found, rows)
+    if stage in ("pretrain", "train"):
+        return _summary_completed(Path(getattr(cfg, stage).out) / "summary.json")
+    return (Path(cfg.evaluate.out) / "results.json").exists()
+
+
+def stage_inputs_missing(stage: str, cfg: PipelineConfig, chain: list[str]) -> str | None:
+    """What the stage needs that neither exists nor is made earlier in this chain, as one line, or None."""
+    before = chain[: chain.index(stage)]
+    needs = {
+        "finetune": [(Path(cfg.clips) / "index.h5", None)],
+        "features": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.features.checkpoint), "finetune")],
+        "pretrain": [(Path(cfg.images) / "index.h5" if cfg.images else None, None)],
+        "train": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.features.checkpoint), "finetune")],
+        "evaluate": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.train.out) / "summary.json", "train")],
+    }[stage]
+    for path, made_by in needs:
+        if path is None:
+            return f"{stage}: no image set (set images=DIR, made by python -m his.data.images)"
+        if not path.exists() and made_by not in before:
+            hint = f" (made by stage {made_by})" if made_by else ""
+            return f"{stage}: missing input {path}{hint}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------- the job
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """One stage as a submitit job. Picklable: it carries the resolved config, not models."""
+
+    def __init__(self, stage: str, cfg: PipelineConfig):
+        self.stage = stage
+        self.cfg = cfg
+        self.requeues = 0
+
+    def __call__(self) -> dict:
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            # Each rank picks its GPU from LOCAL_RANK, so every task keeps seeing all of its node's GPUs.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        stage_cfg = resolve_at_start(self.stage, self.cfg)
+        if env.global_rank == 0:
+            self.log_requeues(stage_cfg, env)
+        result = run_stage(self.stage, stage_cfg, env)
+        if result.get("status") == "interrupted" and env.global_rank == 0:
+            # The stage caught the preemption/time-limit signal and checkpointed at a step boundary; now let
+            # submitit's own handler call checkpoint() and requeue this job.
+            signal.raise_signal(signal.SIGUSR2)
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        self.requeues += 1
+        return submitit.helpers.DelayedSubmission(self)
+
+    def log_requeues(self, stage_cfg: Any, env: submitit.JobEnvironment) -> None:
+        out = Path(getattr(stage_cfg, "out", "") or self.cfg.train.out)
+        restarts = max(self.requeues, int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+        print(f"hpc.launch: stage {self.stage}, job {env.job_id}, requeues so far: {restarts}", flush=True)
+        if restarts:
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(str(out / "tb")) as writer:
+                writer.add_scalar("launch/requeues", restarts, restarts)
+
+
+def run_stage(stage: str, stage_cfg: Any, env: submitit.JobEnvironment) -> dict:
+    if stage == "finetune":
+        from his.audio.finetune import run
+    elif stage == "features":
+        from hpc.features import run
+
+        stage_cfg = dataclasses.replace(stage_cfg, actors=max(1, min(stage_cfg.actors, os.cpu_count() or 1)))
+    elif stage in ("pretrain", "train"):
+        from his.train import run
+    else:
+        from his.eval.stage import run
+    return run(stage_cfg)
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+@dataclass
+class Resources:
+    partition: str | None
+    nodes: int
+    gpus_per_node: int
+    tasks_per_node: int
+    cpus_per_task: int
+    mem: str | None
+    time_min: int
+    account: str | None
+    qos: str | None
+    constraint: str | None
+
+
+def parse_time(text: str) -> int:
+    """Slurm-style [D-]HH:MM:SS, HH:MM or minutes -> minutes (rounded up)."""
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) == 1:
+        minutes = parts[0]
+    else:
+        parts = [0] * (3 - len(parts)) + parts
+        minutes = parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
+    return minutes + int(days or 0) * 24 * 60
+
+
+def sinfo(*fields: str, partition: str | None = None) -> list[list[str]]:
+    args = ["sinfo", "-h", "-o", "|".join(fields)] + (["-p", partition] if partition else [])
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise LaunchError(f"sinfo failed: {out.stderr.strip() or out.returncode} (is SLURM_CONF right?)")
+    return [line.split("|") for line in out.stdout.splitlines() if line.strip()]
+
+
+def check_partition(res: Resources) -> int:
+    """Validate partition and node count against sinfo; return the GPUs per node the partition offers."""
+    names = sorted({row[0].rstrip("*") for row in sinfo("%P")})
+    if res.partition is None:
+        return 0
+    if res.partition not in names:
+        raise LaunchError(f"unknown partition {res.partition!r} (sinfo lists: {', '.join(names)})")
+    rows = sinfo("%D", "%G", partition=res.partition)
+    nodes = sum(int(row[0]) for row in rows)
+    if res.nodes > nodes:
+        raise LaunchError(f"--nodes {res.nodes}: partition {res.partition!r} has only {nodes} node(s)")
+    gpus = [int(m.group(1)) for row in rows for m in [re.search(r"gpu(?::[^:(,]+)?:(\d+)", row[1])] if m]
+    return min(gpus) if gpus else 0
+
+
+def check_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise LaunchError(f"run dir {run_dir} is not writable: {e.strerror or e}") from None
+
+
+def make_executor(folder: Path, cluster: str, stage: str, res: Resources) -> submitit.AutoExecutor:
+    ddp = stage in DDP_STAGES
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    params: dict[str, Any] = dict(
+        name=f"his-{stage}",
+        timeout_min=res.time_min,
+        nodes=res.nodes if ddp else 1,
+        tasks_per_node=(res.gpus_per_node or res.tasks_per_node) if ddp else 1,
+        cpus_per_task=res.cpus_per_task,
+        stderr_to_stdout=True,
+    )
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node if ddp or stage == "features" else 1
+    if cluster == "slurm":
+        params.update({f"slurm_{k}": v for k, v in dict(partition=res.partition, account=res.account, qos=res.qos,
+                                                          constraint=res.constraint, mem=res.mem).items() if v})
+    executor.update_parameters(**params)
+    return executor
+
+
+def sbatch_script(executor: submitit.AutoExecutor) -> str:
+    inner = executor._executor  # submitit has no public call that renders the script without submitting
+    return inner._make_submission_file_text(inner._submitit_command_str, uid="dry-run")
+
+
+def sweep_overrides(path: Path) -> list[list[str]]:
+    """A TOML file of lists per key (`"train.alpha" = [0.1, 0.25]` or tables) -> one override list per point."""
+    with open(path, "rb") as f:
+        table = tomllib.load(f)
+
+    def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                flat.update(flatten(v, f"{prefix}{k}."))
+            else:
+                flat[f"{prefix}{k}"] = v
+        return flat
+
+    flat = flatten(table)
+    for key, values in flat.items():
+        if not isinstance(values, list) or not values:
+            raise LaunchError(f"{path}: {key} must be a non-empty list of values")
+    keys = list(flat)
+    return [[f"{k}={tomli_w.dumps({'v': v}).split('=', 1)[1].strip()}" for k, v in zip(keys, point)]
+            for point in itertools.product(*(flat[k] for k in keys))]
+
+
+def wait_for(jobs: list[submitit.Job], timeout_s: float) -> list[Any]:
+    """Results of jobs in order, polling with our own deadline (sacct may be absent on small clusters)."""
+    deadline = time.monotonic() + timeout_s
+    results = []
+    for job in jobs:
+        while not job.done():
+            if time.monotonic() > deadline:
+                raise LaunchError(f"job {job.job_id} not done after {timeout_s:.0f} s")
+            time.sleep(1.0)
+        results.append(job.result())
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hpc.launch", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--partition", help="Slurm partition (sinfo lists them)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="default: what the partition's nodes have (0 on a CPU partition)")
+    p.add_argument("--tasks-per-node", type=int, default=1, help="DDP ranks per node when there are no GPUs")
+    p.add_argument("--cpus-per-task", type=int, default=2)
+    p.add_argument("--mem", help="memory per node, e.g. 64G")
+    p.add_argument("--time", default="04:00:00", help="time limit per job, [D-]HH:MM:SS")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--run-dir", default="runs/his", help="on a shared filesystem when on a cluster")
+    p.add_argument("--config", help="TOML file with PipelineConfig keys")
+    p.add_argument("--local", action="store_true", help="submitit's local executor (stages run in order here)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script(s) and config, submit nothing")
+    p.add_argument("--sweep", help="TOML file of value lists per key: one array job over their product")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+    p.add_argument("--wait-timeout", type=float, default=24 * 3600.0)
+    p.add_argument("items", nargs="*", metavar="[STAGE] key=value",
+                   help=f"STAGE: one of {', '.join(STAGES)} (none = the whole chain); then config overrides")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.stage = args.items.pop(0) if args.items and "=" not in args.items[0] else None
+    args.overrides = args.items
+    if args.stage is not None and args.stage not in STAGES:
+        parser.error(f"unknown stage {args.stage!r} (choose from {', '.join(STAGES)})")
+    try:
+        return launch(args)
+    except (LaunchError, ConfigError) as e:
+        print(f"hpc.launch: {e}", file=sys.stderr)
+        return 2
+
+
+def launch(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir).resolve()
+    cfg = wire(load_config(PipelineConfig, args.config, args.overrides), run_dir)
+    cluster = "local" if args.local or not shutil.which("sbatch") else "slurm"
+    if args.dry_run:
+        cluster = "slurm"
+    res = Resources(args.partition, args.nodes, args.gpus_per_node or 0, args.tasks_per_node, args.cpus_per_task,
+                    args.mem, parse_time(args.time), args.account, args.qos, args.constraint)
+    if cluster == "slurm" and shutil.which("sinfo"):
+        offered = check_partition(res)
+        if args.gpus_per_node is None:
+            res.gpus_per_node = offered
+        elif args.gpus_per_node > offered:
+            raise LaunchError(f"--gpus-per-node {args.gpus_per_node}: partition {res.partition!r} nodes have {offered}")
+    elif cluster == "local":
+        res.nodes = 1  # the local executor runs every task on this machine
+        if args.gpus_per_node is None:
+            import torch
+
+            res.gpus_per_node = torch.cuda.device_count()
+
+    chain = [args.stage] if args.stage else [s for s in STAGES if s != "pretrain" or cfg.images]
+    if args.sweep and not args.stage:
+        raise LaunchError("--sweep needs a STAGE (e.g. train)")
+    for stage in chain:
+        missing = stage_inputs_missing(stage, cfg, chain)
+        if missing:
+            raise LaunchError(missing)
+    todo = chain if args.stage else [s for s in chain if not stage_done(s, cfg)]
+    for skipped in [s for s in chain if s not in todo]:
+        print(f"hpc.launch: {skipped}: outputs exist and are valid, skipped")
+    if not args.dry_run:
+        check_run_dir(run_dir)
+    folder = run_dir / "submitit" / time.strftime("%Y%m%d-%H%M%S")  # fresh per launch: job ids may repeat
+
+    if args.dry_run:
+        for stage in todo:
+            print(f"# ---- stage {stage}: sbatch script\n{sbatch_script(make_executor(folder, cluster, stage, res))}")
+        print(f"# ---- resolved config\n{tomli_w.dumps(config_to_dict(cfg))}")
+        return 0
+    if not todo:
+        print("hpc.launch: nothing to do")
+        return 0
+
+    jobs: list[submitit.Job] = []
+    for stage in todo:
+        executor = make_executor(folder, cluster, stage, res)
+        if cluster == "slurm" and jobs:
+            executor.update_parameters(slurm_dependency=f"afterok:{jobs[-1].job_id}")
+        if args.sweep:
+            points = sweep_overrides(Path(args.sweep))
+            stage_jobs = []
+            for i, overrides in enumerate(points):
+                point = load_config(PipelineConfig, args.config, [*args.overrides, *overrides])
+                point_cfg = wire(point, run_dir / "sweep" / f"{i:03d}")
+                stage_jobs.append(StageJob(stage, dataclasses.replace(point_cfg, clips=cfg.clips)))
+            with executor.batch():
+                submitted = [executor.submit(job) for job in stage_jobs]
+            print(f"hpc.launch: {stage}: array job of {len(submitted)} points: "
+                  + ", ".join(f"{j.job_id} {' '.join(o)}" for j, o in zip(submitted, points)))
+            jobs.extend(submitted)
+            continue
+        job = executor.submit(StageJob(stage, cfg))
+        print(f"hpc.launch: {stage}: job {job.job_id} ({cluster}), log {folder / job.job_id}")
+        jobs.append(job)
+        if cluster == "local" and stage != todo[-1]:
+            try:
+                wait_for([job], args.wait_timeout)  # the local executor knows no dependencies
+            except submitit.core.utils.FailedJobError as e:
+                print(f"hpc.launch: {stage} failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+                return 1
+    print(f"hpc.launch: run dir {run_dir}")
+    print(f"hpc.launch: logs under {folder}")
+    print(f"hpc.launch: watch with: tensorboard --logdir {run_dir}")
+    if args.wait or cluster == "local":
+        try:
+            results = wait_for(jobs, args.wait_timeout)
+        except submitit.core.utils.FailedJobError as e:
+            print(f"hpc.launch: a job failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+            return 1
+        for job, result in zip(jobs, results):
+            print(f"hpc.launch: job {job.job_id} finished: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
