@@ -1,0 +1,5 @@
+import sys
+
+from his.eval.stage import main
+
+sys.exit(main())

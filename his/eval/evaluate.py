@@ -1,0 +1,362 @@
+"""Evaluate a sound-to-image generator with numbers: conditional accuracy, retrieval, FID/KID, diversity and
+attribute following, all in the feature space of our own frame classifier; then results.json, results.md,
+Figure 7 and Figure 8 as PNGs, and the same to TensorBoard.
+
+Works on arrays: real frames and labels (EvalData), and generated samples uint8 (n_test, K, 64, 64, 3), one
+row per held-out test clip, which `generate_samples` draws from any generator callable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from his.eval import figures
+from his.eval.classifier import NetTraining, images_to_frames, run_net, train_classifier, train_regressor
+from his.eval.metrics import (
+    diversity,
+    frechet_distance,
+    kernel_distance,
+    mean_pairwise_distance,
+    retrieval_recall,
+    spearman,
+)
+from his.io import atomic_path, write_json
+
+GenerateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EvalData:
+    """Real data of one clip set. Frames uint8 (n, 64, 64, 3); labels int (n,) into `classes`.
+
+    test_features: the test clips' sound features (n_test, D), as the generator was trained on them.
+    test_video_ids: lets Figure 8 take its two sounds from two different videos.
+    train_attributes / test_attributes: per-clip numeric sound attributes, name -> (n,), for attribute following.
+    """
+
+    classes: list[str]
+    train_frames: np.ndarray
+    train_labels: np.ndarray
+    test_frames: np.ndarray
+    test_labels: np.ndarray
+    test_features: np.ndarray | None = None
+    test_video_ids: np.ndarray | None = None
+    train_attributes: dict[str, np.ndarray] | None = None
+    test_attributes: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class EvalSettings:
+    classifier: NetTraining = field(default_factory=NetTraining)
+    regressor: NetTraining = field(default_factory=NetTraining)
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    seed: int = 0
+    batch_size: int = 256
+    figure8_class: str | None = None  # default: the first class
+
+
+@torch.no_grad()
+def generate_samples(
+    generate: GenerateFn,
+    features: np.ndarray,
+    k: int,
+    z_dim: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """K images per sound: uint8 (n, K, 64, 64, 3) from `generate(features (B, D), z (B, Z)) -> (B, 3, 64, 64)`.
+
+    The noise is drawn on the CPU from `seed`, so the same generator gives the same samples on CPU and CUDA
+    (up to the device's arithmetic).
+    """
+    n = len(features)
+    z = torch.randn(n * k, z_dim, generator=torch.Generator().manual_seed(seed))
+    repeated = torch.from_numpy(np.asarray(features, np.float32)).repeat_interleave(k, dim=0)
+    frames = []
+    for start in range(0, n * k, batch_size):
+        images = generate(repeated[start : start + batch_size].to(device), z[start : start + batch_size].to(device))
+        frames.append(images_to_frames(images))
+    return np.concatenate(frames).reshape(n, k, *frames[0].shape[1:])
+
+
+def _ratio(value: float, reference: float) -> float:
+    return value / reference if reference > 0 else math.nan
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _distances(
+    gen: np.ndarray, test: np.ndarray, train: np.ndarray, settings: EvalSettings
+) -> dict[str, float]:
+    """FID and KID of generated vs real test features, and of real train vs real test (the reference)."""
+    if min(len(gen), len(test), len(train)) < 2:
+        return {"fid": math.nan, "fid_real": math.nan, "kid": math.nan, "kid_real": math.nan}
+    kid_options = dict(subset_size=settings.kid_subset_size, n_subsets=settings.kid_subsets, seed=settings.seed)
+    return {
+        "fid": frechet_distance(gen, test),
+        "fid_real": frechet_distance(train, test),
+        "kid": kernel_distance(gen, test, **kid_options),
+        "kid_real": kernel_distance(train, test, **kid_options),
+    }
+
+
+def _attribute_following(
+    data: EvalData,
+    samples: np.ndarray,
+    settings: EvalSettings,
+    cache_dir: str | os.PathLike | None,
+    device: torch.device | str,
+) -> dict[str, dict[str, float]]:
+    """Spearman between each sound attribute and the value a regressor trained on real frames reads off the
+    generated images (mean over the K samples of a sound); also within each class, and on real test frames."""
+    names = sorted(data.train_attributes)
+    train_targets = np.stack([np.asarray(data.train_attributes[a], np.float64) for a in names], axis=1)
+    regressor, mean, std, _ = train_regressor(data.train_frames, train_targets, settings.regressor, cache_dir, device)
+    n, k = samples.shape[:2]
+    gen_out, _ = run_net(regressor, samples.reshape(n * k, *samples.shape[2:]), settings.batch_size, device)
+    gen_pred = (gen_out * std + mean).reshape(n, k, len(names)).mean(1)
+    real_out, _ = run_net(regressor, data.test_frames, settings.batch_size, device)
+    real_pred = real_out * std + mean
+    labels = np.asarray(data.test_labels)
+    result = {}
+    for i, name in enumerate(names):
+        truth = np.asarray(data.test_attributes[name], np.float64)
+        within = [spearman(truth[labels == c], gen_pred[labels == c, i]) for c in range(len(data.classes))]
+        within_real = [spearman(truth[labels == c], real_pred[labels == c, i]) for c in range(len(data.classes))]
+        result[name] = {
+            "spearman": spearman(truth, gen_pred[:, i]),
+            "spearman_real": spearman(truth, real_pred[:, i]),
+            "spearman_within_class": _nanmean(within),
+            "spearman_within_class_real": _nanmean(within_real),
+        }
+    return result
+
+
+def compute_metrics(
+    data: EvalData,
+    samples: np.ndarray,
+    settings: EvalSettings = EvalSettings(),
+    cache_dir: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Every metric for generated samples uint8 (n_test, K, 64, 64, 3), row i from test clip i's sound.
+
+    `cache_dir` holds the trained classifier (and regressor) keyed by the data, so a second call is cheap.
+    """
+    classes = list(data.classes)
+    test_labels = np.asarray(data.test_labels, np.int64)
+    train_labels = np.asarray(data.train_labels, np.int64)
+    n, k = samples.shape[:2]
+    if n != len(test_labels):
+        raise ValueError(f"samples has {n} rows but there are {len(test_labels)} test clips")
+
+    classifier, classifier_path = train_classifier(
+        data.train_frames, train_labels, len(classes), settings.classifier, cache_dir, device
+    )
+    test_logits, test_feat = run_net(classifier, data.test_frames, settings.batch_size, device)
+    _, train_feat = run_net(classifier, data.train_frames, settings.batch_size, device)
+    gen_logits, gen_feat = run_net(classifier, samples.reshape(n * k, *samples.shape[2:]), settings.batch_size, device)
+    gen_labels = np.repeat(test_labels, k)
+    gen_clip = np.repeat(np.arange(n), k)
+
+    ceiling_hits = test_logits.argmax(1) == test_labels
+    gen_hits = gen_logits.argmax(1) == gen_labels
+
+    retrieval = retrieval_recall(gen_feat, gen_clip, test_feat, test_labels)
+    real_retrieval = retrieval_recall(test_feat, np.arange(n), test_feat, test_labels, exclude_self=True)
+
+    per_class: dict[str, dict[str, float]] = {}
+    for c, name in enumerate(classes):
+        in_class = gen_labels == c
+        if not in_class.any():
+            per_class[name] = {"n_test_clips": 0}
+            continue
+        row: dict[str, float] = {
+            "n_test_clips": int((test_labels == c).sum()),
+            "ceiling_accuracy": float(ceiling_hits[test_labels == c].mean()),
+            "conditional_accuracy": float(gen_hits[in_class].mean()),
+            **retrieval_recall(gen_feat[in_class], gen_clip[in_class], test_feat, test_labels),
+        }
+        row.update(_distances(gen_feat[in_class], test_feat[test_labels == c], train_feat[train_labels == c], settings))
+        within, across = diversity(gen_feat[in_class].reshape(-1, k, gen_feat.shape[1]))
+        # the real reference spread comes from the train frames: usually many more than the test frames
+        real_spread = mean_pairwise_distance(train_feat[train_labels == c])
+        row.update(
+            {
+                "diversity_within_sound": _ratio(within, real_spread),
+                "diversity_across_sounds": _ratio(across, real_spread),
+                "real_spread": real_spread,
+            }
+        )
+        per_class[name] = row
+
+    overall: dict[str, float] = {
+        "n_test_clips": n,
+        "k": k,
+        "ceiling_accuracy": float(ceiling_hits.mean()),
+        "conditional_accuracy": float(gen_hits.mean()),
+        **retrieval,
+        **{f"{key}_real": value for key, value in real_retrieval.items() if key.startswith("class")},
+        **_distances(gen_feat, test_feat, train_feat, settings),
+        # class means of the per-class distances (intra-class FID/KID): the overall distances compare two
+        # mixtures of classes and cannot see whether each image came from its own class's sound
+        **{
+            f"intra_{key}": _nanmean([r.get(key, math.nan) for r in per_class.values()])
+            for key in ("fid", "fid_real", "kid", "kid_real")
+        },
+        # macro means: each class's ratio is against its own real spread
+        "diversity_within_sound": _nanmean([r.get("diversity_within_sound", math.nan) for r in per_class.values()]),
+        "diversity_across_sounds": _nanmean([r.get("diversity_across_sounds", math.nan) for r in per_class.values()]),
+    }
+    results: dict[str, Any] = {
+        "classes": classes,
+        "overall": overall,
+        "per_class": per_class,
+        "classifier": {"cache": str(classifier_path) if classifier_path else None, **asdict(settings.classifier)},
+    }
+    if data.train_attributes and data.test_attributes:
+        results["attributes"] = _attribute_following(data, samples, settings, cache_dir, device)
+    return results
+
+
+def _figure_clips(data: EvalData, settings: EvalSettings) -> tuple[list[int], tuple[int, int] | None]:
+    """Test rows for Figure 7 (the first clip of each class) and Figure 8 (two clips of one class, from two
+    different videos when the video ids are known)."""
+    labels = np.asarray(data.test_labels)
+    first_of_class = [int(np.flatnonzero(labels == c)[0]) for c in range(len(data.classes)) if (labels == c).any()]
+    name = settings.figure8_class or data.classes[0]
+    rows = np.flatnonzero(labels == data.classes.index(name))
+    if len(rows) < 2:
+        return first_of_class, None
+    second = rows[1]
+    if data.test_video_ids is not None:
+        other_video = [r for r in rows if data.test_video_ids[r] != data.test_video_ids[rows[0]]]
+        second = other_video[0] if other_video else second
+    return first_of_class, (int(rows[0]), int(second))
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "–" if math.isnan(value) else f"{value:.3g}"
+        return str(value)
+
+    o = results["overall"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"{o['n_test_clips']} held-out test clips, {o['k']} samples per sound. Features: our frame classifier's "
+        "penultimate layer. *real*: the reference on real frames (classifier ceiling; train vs test frames for "
+        "FID/KID; leave-one-out test frames for class retrieval). Diversity: mean pairwise feature distance, "
+        "divided by that among the real train frames of the class.",
+        "",
+        "| metric | generated | real |",
+        "|---|---|---|",
+        f"| conditional accuracy | {cell(o['conditional_accuracy'])} | {cell(o['ceiling_accuracy'])} |",
+        f"| R@1 / R@5 own frame | {cell(o['own_r1'])} / {cell(o['own_r5'])} | |",
+        f"| R@1 / R@5 class | {cell(o['class_r1'])} / {cell(o['class_r5'])} "
+        f"| {cell(o['class_r1_real'])} / {cell(o['class_r5_real'])} |",
+        f"| FID | {cell(o['fid'])} | {cell(o['fid_real'])} |",
+        f"| KID | {cell(o['kid'])} | {cell(o['kid_real'])} |",
+        f"| intra-class FID (mean over classes) | {cell(o['intra_fid'])} | {cell(o['intra_fid_real'])} |",
+        f"| intra-class KID (mean over classes) | {cell(o['intra_kid'])} | {cell(o['intra_kid_real'])} |",
+        f"| diversity within one sound / real | {cell(o['diversity_within_sound'])} | 1 |",
+        f"| diversity across sounds of a class / real | {cell(o['diversity_across_sounds'])} | 1 |",
+        "",
+        "| class | clips | accuracy | ceiling | R@1 own | R@5 own | R@1 class | FID | FID real | KID | KID real "
+        "| div. within | div. across |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["per_class"].items():
+        keys = ["n_test_clips", "conditional_accuracy", "ceiling_accuracy", "own_r1", "own_r5", "class_r1", "fid",
+                "fid_real", "kid", "kid_real", "diversity_within_sound", "diversity_across_sounds"]
+        lines.append(f"| {name} | " + " | ".join(cell(r.get(key, math.nan)) for key in keys) + " |")
+    if "attributes" in results:
+        lines += [
+            "",
+            "Attribute following (Spearman between a sound's attribute and the value read off its images):",
+            "",
+            "| attribute | generated | real | generated, within class | real, within class |",
+            "|---|---|---|---|---|",
+        ]
+        for name, a in results["attributes"].items():
+            lines.append(
+                f"| {name} | {cell(a['spearman'])} | {cell(a['spearman_real'])} "
+                f"| {cell(a['spearman_within_class'])} | {cell(a['spearman_within_class_real'])} |"
+            )
+    if "figures" in results:
+        lines += ["", *(f"- {name}: `{path}`" for name, path in results["figures"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN is not JSON: write it as null."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def evaluate(
+    data: EvalData,
+    samples: np.ndarray,
+    out_dir: str | os.PathLike,
+    settings: EvalSettings = EvalSettings(),
+    cache_dir: str | os.PathLike | None = None,
+    log_dir: str | os.PathLike | None = None,
+    step: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """compute_metrics, then write OUT_DIR/results.json, results.md, figure7.png, figure8.png; with `log_dir`,
+    the overall numbers (eval/...) and both figures also go to TensorBoard at `step`. Returns the results."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = compute_metrics(data, samples, settings, cache_dir, device)
+
+    seven_rows, eight_rows = _figure_clips(data, settings)
+    labels = np.asarray(data.test_labels)
+    images = {
+        "figure7": figures.figure7(
+            [samples[r] for r in seven_rows], [data.test_frames[r] for r in seven_rows],
+            [data.classes[labels[r]] for r in seven_rows],
+        )
+    }
+    if eight_rows is not None:
+        a, b = eight_rows
+        images["figure8"] = figures.figure8(samples[a], data.test_frames[a], samples[b], data.test_frames[b])
+    results["figures"] = {}
+    for name, image in images.items():
+        figures.save_png(image, out_dir / f"{name}.png")
+        results["figures"][name] = str(out_dir / f"{name}.png")
+
+    write_json(out_dir / "results.json", _json_safe(results))
+    with atomic_path(out_dir / "results.md") as tmp:
+        tmp.write_text(_markdown(results))
+
+    if log_dir is not None:
+        with SummaryWriter(log_dir=str(log_dir)) as writer:
+            for key, value in results["overall"].items():
+                if isinstance(value, float) and not math.isnan(value):
+                    writer.add_scalar(f"eval/{key}", value, step)
+            for name, attribute in results.get("attributes", {}).items():
+                if not math.isnan(attribute["spearman"]):
+                    writer.add_scalar(f"eval/spearman_{name}", attribute["spearman"], step)
+            for name, image in images.items():
+                writer.add_image(f"eval/{name}", image, step, dataformats="HWC")
+    return results

@@ -1,0 +1,140 @@
+"""Distances and scores on feature arrays (float, one row per image); no networks here.
+
+FID and KID follow Heusel et al. (2017) and Binkowski et al. (2018, "Demystifying MMD GANs"): the Fréchet
+distance between Gaussians fitted to two feature sets, and the unbiased squared MMD with the cubic polynomial
+kernel k(x, y) = (x.y / d + 1)^3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.stats
+import torch
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """FID between feature sets x (n, d) and y (m, d); n, m >= 2."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    cov_x, cov_y = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    # With fewer samples than dimensions the covariances are singular and sqrtm of their product is
+    # ill-conditioned; both get the same ridge, far below the features' scale (the distance is then the exact
+    # one between the two ridged Gaussians, still 0 for identical sets).
+    ridge = 1e-6 * max(np.trace(cov_x), np.trace(cov_y), 1e-12) / len(mu_x) * np.eye(len(mu_x))
+    cov_x, cov_y = cov_x + ridge, cov_y + ridge
+    # The product of two PSD matrices has real non-negative eigenvalues, so an imaginary part is round-off.
+    covmean = np.real(scipy.linalg.sqrtm(cov_x @ cov_y))
+    distance = np.sum((mu_x - mu_y) ** 2) + np.trace(cov_x) + np.trace(cov_y) - 2 * np.trace(covmean)
+    return float(max(distance, 0.0))
+
+
+def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    k_xx = (x @ x.T / d + 1) ** 3
+    k_yy = (y @ y.T / d + 1) ** 3
+    k_xy = (x @ y.T / d + 1) ** 3
+    m, n = len(x), len(y)
+    return float(
+        (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+        + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+        - 2 * k_xy.mean()
+    )
+
+
+def kernel_distance(
+    x: np.ndarray, y: np.ndarray, subset_size: int = 1000, n_subsets: int = 100, seed: int = 0
+) -> float:
+    """KID: unbiased polynomial-kernel MMD^2 between feature sets x (n, d) and y (m, d); n, m >= 2.
+
+    When both sets fit in one subset the estimate uses them whole (one exact value); otherwise it is the mean
+    over `n_subsets` random subsets of `subset_size` drawn from each set with a fixed seed.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) <= subset_size and len(y) <= subset_size:
+        return _polynomial_mmd2_unbiased(x, y)
+    rng = np.random.default_rng(seed)
+    size = min(subset_size, len(x), len(y))
+    estimates = [
+        _polynomial_mmd2_unbiased(
+            x[rng.choice(len(x), size, replace=False)], y[rng.choice(len(y), size, replace=False)]
+        )
+        for _ in range(n_subsets)
+    ]
+    return float(np.mean(estimates))
+
+
+def _distance_sum(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> float:
+    """Sum of all Euclidean distances between rows of a and rows of b, in chunks to bound memory."""
+    b_t = torch.from_numpy(np.asarray(b, np.float64))
+    total = 0.0
+    for start in range(0, len(a), chunk):
+        a_t = torch.from_numpy(np.asarray(a[start : start + chunk], np.float64))
+        total += torch.cdist(a_t, b_t).sum().item()
+    return total
+
+
+def mean_pairwise_distance(features: np.ndarray) -> float:
+    """Mean Euclidean distance over all unordered pairs of distinct rows; nan with fewer than two rows."""
+    n = len(features)
+    if n < 2:
+        return float("nan")
+    return _distance_sum(features, features) / (n * (n - 1))
+
+
+def diversity(samples: np.ndarray) -> tuple[float, float]:
+    """Spread of generated features samples (S sounds, K samples, d) of one class.
+
+    Returns (mean pairwise distance among the K samples of one sound, averaged over sounds;
+    mean distance between samples of different sounds). Either is nan where no such pair exists.
+    """
+    n_sounds, k, _ = samples.shape
+    within_sums = [_distance_sum(s, s) for s in samples]
+    within = float(np.mean(within_sums) / (k * (k - 1))) if k >= 2 else float("nan")
+    if n_sounds < 2:
+        return within, float("nan")
+    flat = samples.reshape(n_sounds * k, -1)
+    across_pairs = (n_sounds * k) ** 2 - n_sounds * k * k
+    across = (_distance_sum(flat, flat) - sum(within_sums)) / across_pairs
+    return within, float(across)
+
+
+def retrieval_recall(
+    queries: np.ndarray,
+    query_targets: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    ks: tuple[int, ...] = (1, 5),
+    exclude_self: bool = False,
+) -> dict[str, float]:
+    """Rank gallery rows by Euclidean distance to each query; recall@k of its own row and of its class.
+
+    queries (q, d); query_targets (q,): the index of each query's own gallery row; gallery (g, d) with labels
+    (g,). With `exclude_self` each query's own row is left out of its ranking (queries that are gallery rows).
+    Returns {"own_r1": ..., "class_r1": ..., "own_r5": ..., "class_r5": ...}.
+    """
+    query_targets = np.asarray(query_targets)
+    gallery_labels = np.asarray(gallery_labels)
+    distances = torch.cdist(
+        torch.from_numpy(np.asarray(queries, np.float64)), torch.from_numpy(np.asarray(gallery, np.float64))
+    )
+    if exclude_self:
+        distances[torch.arange(len(queries)), torch.from_numpy(query_targets)] = float("inf")
+    k_max = min(max(ks), gallery.shape[0] - int(exclude_self))
+    # a stable sort so ties (identical features) rank by gallery index, the same on every run
+    ranked = torch.sort(distances, dim=1, stable=True).indices[:, :k_max].numpy()
+    own_hit = ranked == query_targets[:, None]
+    class_hit = gallery_labels[ranked] == gallery_labels[query_targets][:, None]
+    recall = {}
+    for k in ks:
+        recall[f"own_r{k}"] = float(own_hit[:, :k].any(1).mean())
+        recall[f"class_r{k}"] = float(class_hit[:, :k].any(1).mean())
+    return recall
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; nan when either side is constant or there are fewer than three pairs."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(scipy.stats.spearmanr(a, b).statistic)

@@ -1,0 +1,175 @@
+"""The `evaluate` stage: evaluate a his.train run directory.
+
+    python -m his.eval RUN_DIR [CONFIG.toml] [key=value ...]
+
+reads RUN_DIR/config.toml (the run's resolved TrainConfig) and its newest checkpoint (or `checkpoint=`), loads
+the run's clip set and SoundNet features, draws K samples per held-out test sound and writes RUN_DIR/eval/
+(results.json, results.md, figure7.png, figure8.png); the overall numbers and the figures also go to the run's
+TensorBoard log (RUN_DIR/tb) at the checkpoint's step. The evaluation networks are cached beside the clip set
+(CLIPS/eval-cache/), keyed by its data. Attribute following uses the generated data set's attributes.json
+when one is found above the source videos (or `attributes=`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from his.config import ConfigError, load_config
+from his.data.dataset import load_features, load_split, read_classes
+from his.eval.classifier import NetTraining
+from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples
+from his.models import build_generator
+from his.train import IMAGE_SIZE, TrainConfig, latest_checkpoint, load_checkpoint
+
+
+@dataclass
+class EvalConfig:
+    run: str = ""  # a his.train run directory
+    checkpoint: str = ""  # default: the run's newest readable checkpoint
+    out: str = ""  # default: RUN/eval
+    tb: str = ""  # TensorBoard log directory; default: the run's, RUN/tb
+    k: int = 16  # samples per held-out sound
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 256
+    cache: str = ""  # evaluation networks; default: CLIPS/eval-cache
+    attributes: str = ""  # attributes.json of a his.synth data set; default: found above the source videos
+    attribute_names: list[str] = field(default_factory=lambda: ["pitch_register", "loudness", "tempo_bpm"])
+    classifier_steps: int = 400
+    regressor_steps: int = 400
+    figure8_class: str = ""  # default: the first class
+
+
+def _centre_crop(frames: np.ndarray) -> np.ndarray:
+    """The centre 64x64 of larger frames (frame88), as the trainer shows them."""
+    h, w = frames.shape[1:3]
+    top, left = (h - IMAGE_SIZE) // 2, (w - IMAGE_SIZE) // 2
+    return frames[:, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE]
+
+
+def _find_attributes(cfg: EvalConfig, index: Path, sources: np.ndarray) -> Path | None:
+    if cfg.attributes:
+        path = Path(cfg.attributes)
+        if not path.is_file():
+            raise ConfigError(f"config: attributes={cfg.attributes!r}: no such file")
+        return path
+    if len(sources) == 0:
+        return None
+    source = Path(sources[0])
+    source = source if source.is_absolute() else index.parent / source
+    return next((p / "attributes.json" for p in source.parents if (p / "attributes.json").is_file()), None)
+
+
+def _attribute_columns(path: Path, video_ids: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
+    """Per-row values of each named clip attribute, joined on the video's name; None if a row has none."""
+    records = {Path(r["video"]).stem: r for r in json.loads(path.read_text())["clips"]}
+    if not all(v in records for v in video_ids):
+        return None
+    present = [name for name in names if name in records[video_ids[0]]]
+    return {name: np.array([float(records[v][name]) for v in video_ids]) for name in present}
+
+
+def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
+    """The run's clip set as EvalData: train and test frames (64x64), labels, test features, attributes."""
+    clips = Path(train_cfg.clips)
+    index = clips / "index.h5" if clips.is_dir() else clips
+    with h5py.File(index, "r") as f:
+        # video_id and source are in the contract; hand-made clip sets may lack them (no attributes, then)
+        optional = [name for name in ("video_id", "source") if name in f]
+    fields = [train_cfg.frames, "label", *optional]
+    train, test = load_split(index, "train", fields), load_split(index, "test", fields)
+    if len(test["label"]) == 0:
+        raise ConfigError(f"config: the clip set {index} has no test clips to evaluate on")
+    data = EvalData(
+        classes=read_classes(index),
+        train_frames=_centre_crop(train[train_cfg.frames]),
+        train_labels=train["label"].astype(np.int64),
+        test_frames=_centre_crop(test[train_cfg.frames]),
+        test_labels=test["label"].astype(np.int64),
+        test_features=load_features(train_cfg.features, "test"),
+        test_video_ids=test.get("video_id"),
+    )
+    attributes = _find_attributes(cfg, index, train.get("source", np.array([])))
+    if attributes is None:
+        return data
+    if "video_id" not in train:
+        raise ConfigError(f"config: attributes={str(attributes)!r}: the clip set {index} has no video_id to join on")
+    data.train_attributes = _attribute_columns(attributes, train["video_id"], cfg.attribute_names)
+    data.test_attributes = _attribute_columns(attributes, test["video_id"], cfg.attribute_names)
+    if data.train_attributes is None or data.test_attributes is None:
+        print(f"his.eval: {attributes} does not list every clip of {index}; no attribute following")
+    return data
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate the run's checkpoint; returns the overall numbers and the paths written."""
+    run_dir = Path(cfg.run)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"config: run={cfg.run!r}: no config.toml there (not a his.train run directory)")
+    train_cfg = load_config(TrainConfig, run_dir / "config.toml")
+    if cfg.checkpoint:
+        checkpoint_path, checkpoint = Path(cfg.checkpoint), load_checkpoint(cfg.checkpoint)
+    else:
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            raise ConfigError(f"config: run={cfg.run!r}: no readable checkpoint in {run_dir / 'checkpoints'}")
+        checkpoint_path, checkpoint = found
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+
+    generator = build_generator(train_cfg.generator, train_cfg.cond_dim, train_cfg.z_dim, train_cfg.ngf,
+                                train_cfg.proj_dim)
+    generator.load_state_dict(checkpoint["generator"])
+    generator.to(device).eval()
+
+    data = load_eval_data(train_cfg, cfg)
+    samples = generate_samples(lambda features, z: generator(z, features), data.test_features, cfg.k,
+                               train_cfg.z_dim, cfg.seed, cfg.batch_size, device)
+    clips = Path(train_cfg.clips)
+    settings = EvalSettings(
+        classifier=NetTraining(steps=cfg.classifier_steps, seed=cfg.seed),
+        regressor=NetTraining(steps=cfg.regressor_steps, seed=cfg.seed),
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        figure8_class=cfg.figure8_class or None,
+    )
+    out = Path(cfg.out) if cfg.out else run_dir / "eval"
+    cache = Path(cfg.cache) if cfg.cache else (clips if clips.is_dir() else clips.parent) / "eval-cache"
+    log_dir = Path(cfg.tb) if cfg.tb else run_dir / "tb"
+    results = evaluate(data, samples, out, settings, cache, log_dir, checkpoint["step"], device)
+    return {
+        "checkpoint": str(checkpoint_path),
+        "step": checkpoint["step"],
+        "results": str(out / "results.json"),
+        "table": str(out / "results.md"),
+        "figures": results["figures"],
+        **results["overall"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in args if "=" in a]
+    positional = [a for a in args if "=" not in a]
+    toml = next((a for a in positional if a.endswith(".toml")), None)
+    run_dirs = [a for a in positional if a != toml]
+    if len(run_dirs) > 1:
+        print(f"his.eval: one run directory, not {run_dirs}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(EvalConfig, toml, overrides + [f"run={d}" for d in run_dirs])
+        summary = run(cfg)
+    except ConfigError as e:
+        print(f"his.eval: {e}", file=sys.stderr)
+        return 2
+    print(Path(summary["table"]).read_text())
+    print(json.dumps({k: summary[k] for k in ("checkpoint", "results", "figures")}, indent=2))
+    return 0

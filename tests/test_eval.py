@@ -1,0 +1,337 @@
+"""his.eval: each metric against a known answer, on a small hand-made clip set.
+
+The clip set: three classes, each a coloured shape on a class-tinted background (red disc, green square,
+blue bar); per clip, two "sound attributes" set the picture: loudness -> the shape's size, register -> its
+height in the frame; plus position jitter, brightness and pixel noise. A stand-in generator draws fresh real
+frames of the clip's class and attributes, so its samples are real frames by construction.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from his.eval import figures
+from his.eval.classifier import NetTraining, images_to_frames, train_classifier
+from his.eval.evaluate import EvalData, EvalSettings, compute_metrics, evaluate, generate_samples
+from his.eval.metrics import (
+    diversity,
+    frechet_distance,
+    kernel_distance,
+    mean_pairwise_distance,
+    retrieval_recall,
+    spearman,
+)
+
+N_CLASSES = 3
+SHAPE_COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.float64)
+BACKGROUNDS = np.array([[30, 30, 60], [70, 60, 30], [40, 70, 70]], np.float64)
+SETTINGS = EvalSettings(
+    classifier=NetTraining(steps=150, batch_size=32, width=16),
+    regressor=NetTraining(steps=150, batch_size=32, width=16),
+)
+
+
+def draw_frame(
+    label: int, loudness: float, register: float, jitter: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float64)
+    size = 6 + 14 * loudness
+    cy, cx = 48 - 32 * register + jitter[0], 32 + jitter[1]
+    if label == 0:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= size**2
+    elif label == 1:
+        mask = (np.abs(yy - cy) <= size) & (np.abs(xx - cx) <= size)
+    else:
+        mask = (np.abs(yy - cy) <= size / 2) & (np.abs(xx - cx) <= 1.6 * size)
+    image = np.broadcast_to(BACKGROUNDS[label], (64, 64, 3)).copy()
+    image[mask] = SHAPE_COLOURS[label] * (0.8 + 0.4 * rng.random())
+    image += rng.normal(0, 12, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_split(clips_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    frames, labels, loudness, register = [], [], [], []
+    for label in range(N_CLASSES):
+        for _ in range(clips_per_class):
+            loud, reg = rng.random(), rng.random()
+            frames.append(draw_frame(label, loud, reg, rng.uniform(-4, 4, 2), rng))
+            labels.append(label)
+            loudness.append(loud)
+            register.append(reg)
+    return np.stack(frames), np.array(labels), {"loudness": np.array(loudness), "register": np.array(register)}
+
+
+def real_frame_generator(features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Features: one-hot class, loudness, register. Each z gives a fresh real frame for that sound."""
+    images = []
+    for feature, noise in zip(features.cpu().numpy(), z.cpu().numpy()):
+        rng = np.random.default_rng(int(abs(noise[0]) * 1e6))
+        label = int(feature[:N_CLASSES].argmax())
+        images.append(draw_frame(label, feature[N_CLASSES], feature[N_CLASSES + 1], 2 * noise[1:3], rng))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two cores shared with other work: one intra-op thread is several times faster than two that spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> EvalData:
+    train_frames, train_labels, train_attributes = make_split(40, seed=0)
+    test_frames, test_labels, test_attributes = make_split(10, seed=1)
+    features = np.concatenate(
+        [np.eye(N_CLASSES)[test_labels], test_attributes["loudness"][:, None], test_attributes["register"][:, None]],
+        axis=1,
+    ).astype(np.float32)
+    return EvalData(
+        classes=["disc", "square", "bar"],
+        train_frames=train_frames,
+        train_labels=train_labels,
+        test_frames=test_frames,
+        test_labels=test_labels,
+        test_features=features,
+        test_video_ids=np.array([f"v{i // 2}" for i in range(len(test_labels))]),
+        train_attributes=train_attributes,
+        test_attributes=test_attributes,
+    )
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("eval-cache")
+
+
+@pytest.fixture(scope="module")
+def real_samples(data) -> np.ndarray:
+    return generate_samples(real_frame_generator, data.test_features, k=8, z_dim=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def real_results(data, real_samples, cache_dir) -> dict:
+    return compute_metrics(data, real_samples, SETTINGS, cache_dir)
+
+
+# ---- metrics on hand-made features ------------------------------------------------------------------------
+
+
+def test_frechet_distance_matches_the_gaussian_closed_form():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 4))
+    mean_shift = np.array([1.0, 1.0, 0.0, 0.0])
+    y = 2 * rng.normal(size=(4000, 4)) + mean_shift
+    # |mu_x - mu_y|^2 + tr(I + 4I - 2 * sqrt(4I)) = 2 + 4
+    assert frechet_distance(x, y) == pytest.approx(6.0, rel=0.05)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    # fewer samples than dimensions: singular covariances still give a finite, real distance
+    few = rng.normal(size=(10, 64))
+    assert frechet_distance(few, few) == pytest.approx(0.0, abs=1e-6)
+    assert np.isfinite(frechet_distance(few, rng.normal(size=(10, 64))))
+
+
+def test_kid_is_unbiased_for_the_same_distribution():
+    rng = np.random.default_rng(0)
+    # averaged over many small pairs of sets the unbiased MMD^2 is ~0 (a biased one would be ~ +1/n)
+    same = [kernel_distance(rng.normal(size=(10, 8)), rng.normal(size=(10, 8))) for _ in range(300)]
+    shifted = kernel_distance(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)) + 1.0)
+    assert abs(np.mean(same)) < 0.1 * shifted
+    # subsets when the sets are larger than one subset; fixed seed -> same value
+    x, y = rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.5
+    first = kernel_distance(x, y, subset_size=100, n_subsets=10, seed=3)
+    assert first == kernel_distance(x, y, subset_size=100, n_subsets=10, seed=3)
+    assert first == pytest.approx(kernel_distance(x, y), rel=0.3)
+
+
+def test_retrieval_recall_on_known_ranks():
+    gallery = np.array([[0.0], [1.0], [2.0], [10.0]])
+    labels = np.array([0, 0, 1, 1])
+    queries = np.array([[0.1], [1.9], [9.0]])
+    own = np.array([0, 1, 3])  # query 1 is nearest to row 2 (class 1) though its own row is 1 (class 0)
+    recall = retrieval_recall(queries, own, gallery, labels, ks=(1, 2))
+    assert recall == {"own_r1": 2 / 3, "class_r1": 2 / 3, "own_r2": 1.0, "class_r2": 1.0}
+    # leave-one-out on the gallery itself: row 3's nearest other row is row 2, same class
+    loo = retrieval_recall(gallery, np.arange(4), gallery, labels, ks=(1,), exclude_self=True)
+    assert loo["own_r1"] == 0.0 and loo["class_r1"] == 0.75
+
+
+def test_diversity_on_known_points():
+    assert mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+    # two sounds, two samples each: within-sound distances 1 and 1; across-sound distances 10, 11, 9, 10
+    samples = np.array([[[0.0], [1.0]], [[10.0], [11.0]]])
+    within, across = diversity(samples)
+    assert within == pytest.approx(1.0) and across == pytest.approx(10.0)
+    assert diversity(np.zeros((3, 4, 5))) == (0.0, 0.0)
+
+
+def test_spearman_is_nan_for_a_constant_side():
+    assert spearman([1, 2, 3, 4], [2, 4, 6, 9]) == pytest.approx(1.0)
+    assert np.isnan(spearman([1, 2, 3, 4], [5, 5, 5, 5]))
+
+
+# ---- the whole evaluation on the hand-made clip set --------------------------------------------------------
+
+
+def test_classifier_is_cached_by_data(data, cache_dir):
+    net, path = train_classifier(data.train_frames, data.train_labels, N_CLASSES, SETTINGS.classifier, cache_dir)
+    again, same_path = train_classifier(data.train_frames, data.train_labels, N_CLASSES, SETTINGS.classifier, cache_dir)
+    assert path == same_path and path.exists()
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    shuffled = np.roll(data.train_labels, 1)
+    _, other_path = train_classifier(data.train_frames, shuffled, N_CLASSES, NetTraining(steps=1), cache_dir)
+    assert other_path != path
+
+
+def test_real_frames_as_generated_score_like_real_frames(real_results):
+    overall = real_results["overall"]
+    assert overall["ceiling_accuracy"] >= 0.9
+    assert overall["conditional_accuracy"] >= overall["ceiling_accuracy"] - 0.1
+    assert overall["class_r1"] >= 0.9
+    # generated vs test as close as real train vs real test frames
+    assert overall["fid"] <= 1.5 * overall["fid_real"]
+    assert overall["kid"] <= max(2 * overall["kid_real"], 0.05 * overall["fid_real"])
+    # fresh real frames of one sound vary less than a class, but they do vary
+    assert 0.2 < overall["diversity_within_sound"] < 1.2
+    assert overall["diversity_across_sounds"] == pytest.approx(1.0, abs=0.2)
+    for row in real_results["per_class"].values():
+        assert row["conditional_accuracy"] >= 0.8
+
+
+def test_real_frames_follow_the_sound_attributes(real_results):
+    for name in ("loudness", "register"):
+        attribute = real_results["attributes"][name]
+        assert attribute["spearman_real"] > 0.8
+        assert attribute["spearman"] > 0.8
+        assert attribute["spearman_within_class"] > 0.7
+
+
+def test_a_constant_image_per_class_has_diversity_near_zero(data, real_samples, cache_dir):
+    first_of_class = {c: real_samples[np.flatnonzero(data.test_labels == c)[0], 0] for c in range(N_CLASSES)}
+    constant = np.stack([np.broadcast_to(first_of_class[c], real_samples.shape[1:]) for c in data.test_labels])
+    results = compute_metrics(data, constant, SETTINGS, cache_dir)
+    assert results["overall"]["diversity_within_sound"] == pytest.approx(0.0, abs=1e-6)
+    assert results["overall"]["diversity_across_sounds"] == pytest.approx(0.0, abs=1e-6)
+    assert results["overall"]["conditional_accuracy"] >= 0.9  # collapsed, yet of the right class
+    for attribute in results["attributes"].values():
+        assert np.isnan(attribute["spearman_within_class"])
+
+
+def test_images_of_the_wrong_class_score_near_zero(data, real_samples, cache_dir):
+    rows_of_class = [np.flatnonzero(data.test_labels == c) for c in range(N_CLASSES)]
+    wrong = np.stack([real_samples[rows_of_class[(c + 1) % N_CLASSES][i % 10]] for i, c in enumerate(data.test_labels)])
+    results = compute_metrics(data, wrong, SETTINGS, cache_dir)
+    assert results["overall"]["conditional_accuracy"] <= 0.05
+    assert results["overall"]["class_r1"] <= 0.05
+    # the overall FID cannot see the conditioning (the images are still a balanced mix of the classes);
+    # per class it can
+    for row in results["per_class"].values():
+        assert row["fid"] > 5 * row["fid_real"]
+
+
+def test_images_to_frames_quantises_like_a_saved_image():
+    images = torch.tensor([-1.0, -0.5, 0.0, 1.0, 2.0]).reshape(1, 1, 1, 5).expand(1, 3, 1, 5)
+    assert images_to_frames(images)[0, 0, :, 0].tolist() == [0, 64, 128, 255, 255]
+
+
+def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path):
+    samples = generate_samples(real_frame_generator, data.test_features, k=16, z_dim=3, seed=0)
+    again = generate_samples(real_frame_generator, data.test_features, k=16, z_dim=3, seed=0)
+    assert np.array_equal(samples, again)
+    first = evaluate(data, samples, tmp_path / "a", SETTINGS, cache_dir, log_dir=tmp_path / "tb", step=7)
+    # a fresh cache: the classifier is retrained from the seed and must come out the same
+    second = evaluate(data, again, tmp_path / "b", SETTINGS, tmp_path / "fresh-cache")
+    first_json = json.loads((tmp_path / "a" / "results.json").read_text())
+    second_json = json.loads((tmp_path / "b" / "results.json").read_text())
+    for key in ("overall", "per_class", "attributes"):
+        assert first_json[key] == second_json[key]
+    assert first["overall"] == second["overall"]
+
+    markdown = (tmp_path / "a" / "results.md").read_text()
+    assert "| conditional accuracy |" in markdown and "| square |" in markdown and "| loudness |" in markdown
+
+    # his.grid pads around every image, the outer border included
+    grid, gap, label = 4 * 64 + 5 * figures.PAD, figures.GAP, figures.LABEL_WIDTH
+    with Image.open(tmp_path / "a" / "figure7.png") as figure7:
+        assert figure7.size == (label + gap + grid + gap + grid, 3 * grid + 2 * gap)
+    rows = 2 * 64 + 3 * figures.PAD
+    with Image.open(tmp_path / "a" / "figure8.png") as figure8:
+        assert figure8.size == (8 * 64 + 9 * figures.PAD + gap + rows, 2 * rows + gap)
+        # its first sound is the first test clip of the first class; its first sample sits inside the padding
+        top_left = np.asarray(figure8)[figures.PAD : figures.PAD + 64, figures.PAD : figures.PAD + 64]
+        assert np.array_equal(top_left, samples[np.flatnonzero(data.test_labels == 0)[0], 0])
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    accuracy = events.Scalars("eval/conditional_accuracy")
+    assert accuracy[0].step == 7 and accuracy[0].value == pytest.approx(first["overall"]["conditional_accuracy"])
+    assert {"eval/figure7", "eval/figure8"} <= set(events.Tags()["images"])
+
+
+# ---- the stage on a his.train run directory ----------------------------------------------------------------
+
+
+def write_run_inputs(root, data: EvalData) -> tuple[str, str]:
+    """A clip set + feature set (docs/contracts.md) of the hand-made frames, and a his.synth attributes.json."""
+    import h5py
+
+    train_frames, test_frames = data.train_frames, data.test_frames
+    frames = np.concatenate([train_frames, test_frames])
+    labels = np.concatenate([data.train_labels, data.test_labels]).astype(np.int16)
+    split = np.repeat([0, 1], [len(train_frames), len(test_frames)]).astype(np.uint8)
+    video_ids = [f"v_{data.classes[c]}_g01_c{i:02d}" for i, c in enumerate(labels)]
+    sources = [str(root / "synth" / "UCF-101" / data.classes[c] / f"{v}.avi") for v, c in zip(video_ids, labels)]
+    clips = root / "clips"
+    (clips / "features" / "0123456789ab").mkdir(parents=True)
+    with h5py.File(clips / "index.h5", "w") as f:
+        f["frame64"], f["label"], f["split"] = frames, labels, split
+        f["video_id"], f["source"] = np.array(video_ids, dtype=object), np.array(sources, dtype=object)
+        f.attrs["classes"], f.attrs["kind"] = data.classes, "clips"
+    one_hot = np.eye(N_CLASSES)[labels]
+    attributes = {
+        name: np.concatenate([data.train_attributes[name], data.test_attributes[name]])
+        for name in ("loudness", "register")
+    }
+    features = np.concatenate([one_hot, attributes["loudness"][:, None], attributes["register"][:, None]], axis=1)
+    with h5py.File(clips / "features" / "0123456789ab" / "features.h5", "w") as f:
+        f["feature"] = features.astype(np.float32)
+    records = [
+        {"video": f"UCF-101/{data.classes[c]}/{v}.avi", "class": data.classes[c], "loudness": float(loud),
+         "pitch_register": float(reg)}
+        for v, c, loud, reg in zip(video_ids, labels, attributes["loudness"], attributes["register"])
+    ]
+    (root / "synth").mkdir()
+    (root / "synth" / "attributes.json").write_text(json.dumps({"clips": records}))
+    return str(clips), str(clips / "features" / "0123456789ab")
+
+
+def test_python_m_his_eval_on_a_run_directory(data, tmp_path):
+    from his.eval.stage import main
+    from his.train import TrainConfig, run
+
+    clips, features = write_run_inputs(tmp_path, data)
+    run_dir = tmp_path / "run"
+    run(TrainConfig(clips=clips, features=features, cond_dim=N_CLASSES + 2, out=str(run_dir), ngf=8, ndf=8,
+                    proj_dim=8, z_dim=8, batch_size=16, max_steps=2, n_critic=1, warmup_gen_steps=0))
+    options = ["k=4", "classifier_steps=60", "regressor_steps=60", "attribute_names=[loudness,pitch_register]"]
+    assert main([str(run_dir), *options]) == 0
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["overall"]["k"] == 4 and results["overall"]["n_test_clips"] == len(data.test_labels)
+    assert set(results["attributes"]) == {"loudness", "pitch_register"}
+    assert (run_dir / "eval" / "figure7.png").is_file() and (run_dir / "eval" / "figure8.png").is_file()
+    assert (tmp_path / "clips" / "eval-cache").is_dir()
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert events.Scalars("eval/conditional_accuracy")[0].step == 2
+
+    assert main([str(tmp_path / "nowhere")]) == 2
