@@ -1,0 +1,193 @@
+"""The networks of the report's Figure 4, after Reed et al. (2016), at 64x64.
+
+- `ResidualGenerator` (fig 4a): sound feature -> linear -> proj_dim (leaky ReLU), concatenated with noise z,
+  transposed convolutions 4x4 -> 64x64 with a residual block at 4x4 and at 8x8, batch norm after each layer.
+- `SimpleGenerator` (fig 4b): the same without the residual blocks. With `cond_dim=0` it is the
+  unconditional WGAN generator pretrained on PPMI; the layer names are shared, so its weights load into the
+  conditional one wherever the shapes agree (everything but the first transposed convolution).
+- `Critic` (fig 4c): strided convolutions 64x64 -> ndf*8 x 4x4, the condition projected to proj_dim and
+  replicated over 4x4, concatenated, a 1x1 and a 4x4 convolution to one scalar (a logit for GAN-CLS).
+
+Images are (B, 3, 64, 64) in [-1, 1]; conditions are (B, cond_dim) standardised sound features.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+Norm = Literal["batch", "layer", "none"]
+NORMS = ("batch", "layer", "none")
+SLOPE = 0.2
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":  # normalises each sample over (C, H, W): no batch statistics, safe for the penalty
+        return nn.GroupNorm(1, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class ConditionProjection(nn.Module):
+    """cond_dim -> proj_dim with leaky ReLU (the 'linear transformation' of §4.2)."""
+
+    def __init__(self, cond_dim: int, proj_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(cond_dim, proj_dim)
+        self.act = nn.LeakyReLU(SLOPE)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(cond))
+
+
+def _up(cin: int, cout: int, first: bool = False) -> nn.Sequential:
+    conv = nn.ConvTranspose2d(cin, cout, 4, 1, 0, bias=False) if first else nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout))
+
+
+class ResidualBlock(nn.Module):
+    """Reed's bottleneck: 1x1 to c/4, 3x3, 3x3 back to c, batch norm after each; added to the input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        mid = max(channels // 4, 1)
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.LeakyReLU(SLOPE),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.LeakyReLU(SLOPE),
+            nn.Conv2d(mid, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class SimpleGenerator(nn.Module):
+    """Fig 4b (and, with cond_dim=0, the unconditional PPMI generator)."""
+
+    residual = False
+
+    def __init__(self, cond_dim: int = 1024, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128) -> None:
+        super().__init__()
+        self.cond_dim, self.z_dim = cond_dim, z_dim
+        self.project = ConditionProjection(cond_dim, proj_dim) if cond_dim > 0 else None
+        cin = z_dim + (proj_dim if cond_dim > 0 else 0)
+        self.up1 = _up(cin, ngf * 8, first=True)  # 4x4
+        self.res1 = ResidualBlock(ngf * 8) if self.residual else None
+        self.up2 = _up(ngf * 8, ngf * 4)  # 8x8
+        self.res2 = ResidualBlock(ngf * 4) if self.residual else None
+        self.up3 = _up(ngf * 4, ngf * 2)  # 16x16
+        self.up4 = _up(ngf * 2, ngf)  # 32x32
+        self.to_rgb = nn.ConvTranspose2d(ngf, 3, 4, 2, 1)  # 64x64
+        self.act = nn.LeakyReLU(SLOPE)
+        init_weights(self)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = z if self.project is None else torch.cat([z, self.project(cond)], dim=1)
+        x = self.up1(h[:, :, None, None])
+        if self.res1 is not None:
+            x = self.res1(x)
+        x = self.up2(self.act(x))
+        if self.res2 is not None:
+            x = self.res2(x)
+        x = self.up4(self.act(self.up3(self.act(x))))
+        return torch.tanh(self.to_rgb(self.act(x)))
+
+
+class ResidualGenerator(SimpleGenerator):
+    """Fig 4a: SimpleGenerator with residual blocks after the 4x4 and 8x8 layers (Reed et al.)."""
+
+    residual = True
+
+
+class Critic(nn.Module):
+    """Fig 4c. Returns one score per image: a logit for GAN-CLS, the critic value f(x, c) for the WGANs."""
+
+    def __init__(
+        self,
+        cond_dim: int = 1024,
+        ndf: int = 64,
+        proj_dim: int = 128,
+        norm: Norm = "batch",
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        bias = norm == "none"
+
+        def conv(cin: int, cout: int, k: int, s: int, p: int, b: bool = bias) -> nn.Module:
+            layer = nn.Conv2d(cin, cout, k, s, p, bias=b)
+            return _spectral_norm(layer) if spectral_norm else layer
+
+        self.features = nn.Sequential(
+            conv(3, ndf, 4, 2, 1, True), nn.LeakyReLU(SLOPE),  # 32x32, no norm on the first layer (DCGAN)
+            conv(ndf, ndf * 2, 4, 2, 1), _norm(norm, ndf * 2), nn.LeakyReLU(SLOPE),  # 16x16
+            conv(ndf * 2, ndf * 4, 4, 2, 1), _norm(norm, ndf * 4), nn.LeakyReLU(SLOPE),  # 8x8
+            conv(ndf * 4, ndf * 8, 4, 2, 1), _norm(norm, ndf * 8), nn.LeakyReLU(SLOPE),  # 4x4
+        )
+        self.project = ConditionProjection(cond_dim, proj_dim) if cond_dim > 0 else None
+        if self.project is not None and spectral_norm:
+            self.project.linear = _spectral_norm(self.project.linear)
+        joint_in = ndf * 8 + (proj_dim if cond_dim > 0 else 0)
+        self.joint = nn.Sequential(conv(joint_in, ndf * 8, 1, 1, 0), _norm(norm, ndf * 8), nn.LeakyReLU(SLOPE))
+        self.score = conv(ndf * 8, 1, 4, 1, 0, True)
+        init_weights(self)
+
+    def forward(self, image: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(image)
+        if self.project is not None:
+            c = self.project(cond)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+            h = torch.cat([h, c.to(h.dtype)], dim=1)
+        return self.score(self.joint(h)).flatten()
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: convolutions N(0, 0.02), norm scales N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int) -> SimpleGenerator:
+    classes = {"simple": SimpleGenerator, "residual": ResidualGenerator}
+    if kind not in classes:
+        raise ValueError(f"generator must be one of {sorted(classes)}, got {kind!r}")
+    return classes[kind](cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)
+
+
+def count_flops_per_image(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates x 2 of one forward pass per image, counted from conv/linear shapes."""
+    flops = 0
+
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        nonlocal flops
+        if isinstance(m, nn.Linear):
+            flops += 2 * m.in_features * m.out_features
+        elif isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            flops += 2 * k * out[0].numel()
+        elif isinstance(m, nn.ConvTranspose2d):
+            x = args[0][0]
+            k = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            flops += 2 * k * x.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            model(*[t[:1] for t in inputs])
+    finally:
+        for h in handles:
+            h.remove()
+    return flops

@@ -1,0 +1,298 @@
+"""The training loop on tiny generated data sets: objectives, exact resume, checkpoints, TensorBoard, DDP."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from his.config import ConfigError
+from his.train import (
+    NonFiniteLoss, PretrainConfig, TrainConfig, latest_checkpoint, load_checkpoint, run, save_checkpoint,
+)
+
+CLASSES = ("PlayingCello", "PlayingDhol", "PlayingSitar")
+D = 12
+FEATURE_KEY = "0123456789ab"  # CLIPS/features/<first 12 hex of the SoundNet checkpoint sha256>/
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_clip_set(root: Path, per_class: int = 12, test_per_class: int = 2, seed: int = 0) -> Path:
+    """A clip data set + feature set following docs/contracts.md; frames and features depend on the class."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(CLASSES)), per_class).astype(np.int16)
+    split = np.tile((np.arange(per_class) >= per_class - test_per_class).astype(np.uint8), len(CLASSES))
+    colours = rng.integers(0, 256, (len(CLASSES), 3))
+
+    def frames(h, w):
+        noise = rng.normal(0, 25, (len(labels), h, w, 3))
+        return np.clip(colours[labels][:, None, None] + noise, 0, 255).astype(np.uint8)
+
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(root / "index.h5", "w") as f:
+        f["frame64"], f["frame88"] = frames(64, 64), frames(66, 88)
+        f["label"], f["split"] = labels, split
+        f.attrs["classes"], f.attrs["kind"] = list(CLASSES), "clips"
+    (root / "features" / FEATURE_KEY).mkdir(parents=True, exist_ok=True)
+    centres = rng.normal(0, 1, (len(CLASSES), D))
+    with h5py.File(root / "features" / FEATURE_KEY / "features.h5", "w") as f:
+        f["feature"] = (centres[labels] + rng.normal(0, 0.3, (len(labels), D))).astype(np.float32)
+        f.attrs["kind"] = "features"
+    return root
+
+
+def make_image_set(root: Path, n: int = 24, seed: int = 1) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(root / "index.h5", "w") as f:
+        f["image"] = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+        f.attrs["kind"] = "images"
+    return root
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    return make_clip_set(tmp_path_factory.mktemp("clips"))
+
+
+def tiny(clips: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(clips=str(clips), features=str(clips / "features" / FEATURE_KEY), cond_dim=D, out=str(out), ngf=8, ndf=8,
+                proj_dim=8, z_dim=8, batch_size=8, max_steps=3, warmup_gen_steps=1, warmup_critic_steps=3,
+                n_critic=2, log_every=1, sample_every=2, hist_every=2, ckpt_every=100)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("objective,frames", [("gan-cls", "frame64"), ("wgan", "frame88"), ("wgan-gp", "frame88")])
+def test_each_objective_trains_with_finite_losses(clips, tmp_path, objective, frames):
+    summary = run(tiny(clips, tmp_path / objective, objective=objective, frames=frames))
+    assert summary["status"] == "completed" and summary["step"] == 3
+    assert summary["final"] and all(np.isfinite(v) for v in summary["final"].values())
+    wanted = {"gan-cls": {"s_r", "s_w", "s_f", "d_loss"}, "wgan": {"critic_wrong", "wasserstein"},
+              "wgan-gp": {"gradient_penalty", "critic_wrong", "wasserstein"}}[objective]
+    assert wanted | {"g_loss"} <= set(summary["final"])
+    assert (tmp_path / objective / "config.toml").is_file()
+    assert (tmp_path / objective / "samples" / "latest.png").is_file()
+
+
+def test_options_channels_last_and_bf16_run(clips, tmp_path):
+    summary = run(tiny(clips, tmp_path, channels_last=True, bf16=True, max_steps=2, spectral_norm=True))
+    assert all(np.isfinite(v) for v in summary["final"].values())
+
+
+def _same_state(a, b, path=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_state(x, y, f"{path}/{i}")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("objective", ["gan-cls", "wgan", "wgan-gp"])
+def test_resume_is_exact(clips, tmp_path, objective):
+    kw = dict(objective=objective, frames="frame88", max_steps=5)
+    whole = run(tiny(clips, tmp_path / "whole", **kw))
+    calls = iter(range(100))
+    halted = run(tiny(clips, tmp_path / "split", **kw), should_stop=lambda: next(calls) >= 1)
+    assert halted["status"] == "interrupted" and halted["step"] == 2
+    resumed = run(tiny(clips, tmp_path / "split", **kw))
+    assert resumed["status"] == "completed" and resumed["step"] == 5
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
+    a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "step-00000005.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "step-00000005.pt")
+    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "position"):
+        _same_state(a[key], b[key], key)
+
+
+def test_signal_checkpoints_and_returns_interrupted(clips, tmp_path):
+    def send_usr1_once(state={"sent": False}):
+        if not state["sent"]:
+            state["sent"] = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return False
+
+    before = signal.getsignal(signal.SIGUSR1)
+    summary = run(tiny(clips, tmp_path, max_steps=10), should_stop=send_usr1_once)
+    assert summary["status"] == "interrupted" and summary["step"] in (1, 2)
+    assert Path(summary["checkpoint"]).is_file()
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+_TORN_WRITER = """
+import os, sys, torch
+from pathlib import Path
+import his.train as t
+real_save = torch.save
+def save_half_then_die(obj, path):
+    real_save(obj, path)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    os._exit(9)  # killed mid-write
+torch.save = save_half_then_die
+t.save_checkpoint(Path(sys.argv[1]), 7, {"step": 7, "x": torch.zeros(1000)}, keep=3)
+"""
+
+
+def test_torn_checkpoint_is_never_loaded(tmp_path):
+    save_checkpoint(tmp_path, 3, {"step": 3, "x": torch.ones(3)}, keep=3)
+    proc = subprocess.run([sys.executable, "-c", _TORN_WRITER, str(tmp_path)], capture_output=True)
+    assert proc.returncode == 9
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")) == ["step-00000003.pt"]
+    # a torn file under a final name (e.g. a copy cut short) is passed over as well
+    (tmp_path / "checkpoints" / "step-00000009.pt").write_bytes(b"PK\x03\x04 torn")
+    path, ckpt = latest_checkpoint(tmp_path)
+    assert path.name == "step-00000003.pt" and ckpt["step"] == 3
+
+
+def test_non_finite_loss_stops_naming_step_and_term(clips, tmp_path, monkeypatch):
+    import his.train as t
+
+    calls = {"n": 0}
+    real_loss = t.generator_loss
+
+    def nan_at_third(*args):
+        calls["n"] += 1
+        loss, terms = real_loss(*args)
+        if calls["n"] == 3:
+            loss = loss * float("nan")
+            terms = {"g_loss": loss.detach()}
+        return loss, terms
+
+    monkeypatch.setattr(t, "generator_loss", nan_at_third)
+    with pytest.raises(NonFiniteLoss, match=r"step 3: g_loss; last good checkpoint: .*step-00000002\.pt"):
+        run(tiny(clips, tmp_path, max_steps=5, ckpt_every=2))
+    assert [p.name for p in (tmp_path / "checkpoints").glob("*.pt")] == ["step-00000002.pt"]
+
+
+def test_config_errors_name_the_field_before_training(clips, tmp_path):
+    with pytest.raises(ConfigError, match="objective='lsgan'"):
+        run(tiny(clips, tmp_path / "a", objective="lsgan"))
+    with pytest.raises(ConfigError, match="cond_dim=1024"):
+        run(tiny(clips, tmp_path / "b", cond_dim=1024))
+    with pytest.raises(ConfigError, match="critic_norm='batch'"):
+        run(tiny(clips, tmp_path / "c", objective="wgan-gp", critic_norm="batch"))
+    with pytest.raises(ConfigError, match="clips="):
+        run(tiny(tmp_path / "missing", tmp_path / "d"))
+    assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+def test_tensorboard_events_hold_scalars_and_sample_images(clips, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny(clips, tmp_path, objective="wgan-gp", max_steps=4))
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("loss/critic_real", "loss/critic_fake", "loss/critic_wrong", "loss/gradient_penalty",
+                "loss/wasserstein", "loss/g_loss", "lr", "grad_norm/critic", "grad_norm/generator",
+                "perf/images_per_s", "perf/data_wait_fraction"):
+        assert tag in scalars, tag
+    assert [e.step for e in acc.Scalars("loss/wasserstein")] == [1, 2, 3, 4]
+    images = acc.Images("samples")
+    assert images and images[-1].width == 17 * 66 + 2  # 16 noises + the ground-truth frame per sound
+    assert any(tag.startswith("generator/") for tag in acc.Tags()["histograms"])
+
+
+def test_pretrain_then_warm_start_loads_exactly_the_matching_tensors(clips, tmp_path):
+    images = make_image_set(tmp_path / "images")
+    pre = run(PretrainConfig(images=str(images), out=str(tmp_path / "pre"), ngf=8, ndf=8, z_dim=8,
+                             batch_size=8, max_steps=2, warmup_gen_steps=0, n_critic=1, log_every=1))
+    assert pre["status"] == "completed"
+    out = tmp_path / "warm"
+    run(tiny(clips, out, objective="wgan", max_steps=0, epochs=0, init_from=pre["checkpoint"]))
+    import json
+
+    report = json.loads((out / "warm_start.json").read_text())
+    fresh_g = {"project.linear.weight", "project.linear.bias", "up1.0.weight"}  # the input layer and the sound path
+    fresh_d = {"project.linear.weight", "project.linear.bias", "joint.0.weight"}
+    assert set(report["generator"]["fresh"]) == fresh_g
+    assert set(report["critic"]["fresh"]) == fresh_d
+    pretrained = load_checkpoint(pre["checkpoint"])
+    warm = load_checkpoint(next((out / "checkpoints").glob("*.pt")))
+    for name, fresh in (("generator", fresh_g), ("critic", fresh_d)):
+        assert set(report[name]["loaded"]) == set(warm[name]) - fresh
+        for k in report[name]["loaded"]:
+            assert torch.equal(warm[name][k], pretrained[name][k]), k
+
+
+# ----------------------------------------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, clips: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from his.losses import critic_loss
+    from his.models import Critic
+
+    dist.init_process_group("gloo")
+    # WGAN-GP critic gradients: rank r takes half r of a batch of 2B
+    torch.manual_seed(0)
+    critic = Critic(cond_dim=6, ndf=8, proj_dim=4, norm="layer")
+    real, fake, cond, wrong, eps = _gp_batch()
+    half = slice(rank * 4, rank * 4 + 4)
+    ddp = DistributedDataParallel(critic)
+    loss, _ = critic_loss("wgan-gp", ddp, real[half], fake[half], cond[half], wrong[half], alpha=0.25,
+                          gp_critic=ddp, gp_eps=eps[half])
+    loss.backward()
+    torch.save({k: p.grad for k, p in critic.named_parameters()}, Path(out) / f"grads{rank}.pt")
+    dist.barrier()
+    # the loop under DDP (it uses the process group set up here)
+    cfg = tiny(Path(clips), Path(out) / "run", objective="wgan-gp", max_steps=3, batch_size=4)
+    summary = run(cfg)
+    (Path(out) / f"digest{rank}").write_text(summary["weights_sha256"])
+    dist.destroy_process_group()
+
+
+def _gp_batch():
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(8, 3, 64, 64, generator=g), torch.randn(8, 3, 64, 64, generator=g),
+            torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g), torch.rand(8, 1, 1, 1, generator=g))
+
+
+def test_ddp_two_ranks_match_one_process(clips, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(clips), str(tmp_path)), nprocs=2, join=True)
+    # identical weights on both ranks after training
+    assert (tmp_path / "digest0").read_text() == (tmp_path / "digest1").read_text()
+    # gradients of the penalised critic loss over 2 ranks x B == one process with 2B
+    from his.losses import critic_loss
+    from his.models import Critic
+
+    torch.manual_seed(0)
+    critic = Critic(cond_dim=6, ndf=8, proj_dim=4, norm="layer")
+    real, fake, cond, wrong, eps = _gp_batch()
+    loss, _ = critic_loss("wgan-gp", critic, real, fake, cond, wrong, alpha=0.25, gp_eps=eps)
+    loss.backward()
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"grads{rank}.pt", weights_only=True)
+        for k, p in critic.named_parameters():
+            # float sums in another order: tolerance relative to the layer's gradient scale
+            torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()), msg=k)
