@@ -144,7 +144,8 @@ def stage_inputs_missing(stage: str, cfg: PipelineConfig, chain: list[str]) -> s
         "finetune": [(Path(cfg.clips) / "index.h5", None)],
         "features": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.features.checkpoint), "finetune")],
         "pretrain": [(Path(cfg.images) / "index.h5" if cfg.images else None, None)],
-        "train": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.features.checkpoint), "finetune")],
+        "train": [(Path(cfg.clips) / "index.h5", None),
+                  (Path(cfg.train.features), None) if cfg.train.features else (Path(cfg.features.checkpoint), "finetune")],
         "evaluate": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.train.out) / "summary.json", "train")],
     }[stage]
     for path, made_by in needs:
@@ -193,7 +194,8 @@ class StageJob(submitit.helpers.Checkpointable):
         if restarts:
             from torch.utils.tensorboard import SummaryWriter
 
-            with SummaryWriter(str(out / "tb")) as writer:
+            # A run of its own beside the stage's log: its steps are requeue counts, not training steps.
+            with SummaryWriter(str(out / "tb" / "launch")) as writer:
                 writer.add_scalar("launch/requeues", restarts, restarts)
 
 
@@ -321,8 +323,8 @@ def sweep_overrides(path: Path) -> list[list[str]]:
             for point in itertools.product(*(flat[k] for k in keys))]
 
 
-def wait_for(jobs: list[submitit.Job], timeout_s: float) -> list[Any]:
-    """Results of jobs in order, polling with our own deadline (sacct may be absent on small clusters)."""
+def wait_for(jobs: list[submitit.Job], timeout_s: float) -> list[list[Any]]:
+    """Every task's result of each job, polling with our own deadline (sacct may be absent on small clusters)."""
     deadline = time.monotonic() + timeout_s
     results = []
     for job in jobs:
@@ -330,7 +332,7 @@ def wait_for(jobs: list[submitit.Job], timeout_s: float) -> list[Any]:
             if time.monotonic() > deadline:
                 raise LaunchError(f"job {job.job_id} not done after {timeout_s:.0f} s")
             time.sleep(1.0)
-        results.append(job.result())
+        results.append(job.results())
     return results
 
 
@@ -363,21 +365,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.stage = args.items.pop(0) if args.items and "=" not in args.items[0] else None
     args.overrides = args.items
     if args.stage is not None and args.stage not in STAGES:
         parser.error(f"unknown stage {args.stage!r} (choose from {', '.join(STAGES)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        return launch(args)
+        jobs, waiting = launch(args)
+        if waiting:
+            for job, results in zip(jobs, wait_for(jobs, args.wait_timeout)):
+                print(f"hpc.launch: job {job.job_id} finished: {results[0]}")
     except (LaunchError, ConfigError) as e:
         print(f"hpc.launch: {e}", file=sys.stderr)
         return 2
+    except submitit.core.utils.FailedJobError as e:
+        print(f"hpc.launch: a job failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def launch(args: argparse.Namespace) -> int:
+def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
+    """Validate, then submit; returns the jobs and whether the caller should wait for them."""
     run_dir = Path(args.run_dir).resolve()
     cfg = wire(load_config(PipelineConfig, args.config, args.overrides), run_dir)
     cluster = "local" if args.local or not shutil.which("sbatch") else "slurm"
@@ -399,8 +414,8 @@ def launch(args: argparse.Namespace) -> int:
             res.gpus_per_node = torch.cuda.device_count()
 
     chain = [args.stage] if args.stage else [s for s in STAGES if s != "pretrain" or cfg.images]
-    if args.sweep and not args.stage:
-        raise LaunchError("--sweep needs a STAGE (e.g. train)")
+    if args.sweep and args.stage in (None, "features"):
+        raise LaunchError("--sweep needs one of the stages finetune, pretrain, train, evaluate")
     for stage in chain:
         missing = stage_inputs_missing(stage, cfg, chain)
         if missing:
@@ -416,10 +431,10 @@ def launch(args: argparse.Namespace) -> int:
         for stage in todo:
             print(f"# ---- stage {stage}: sbatch script\n{sbatch_script(make_executor(folder, cluster, stage, res))}")
         print(f"# ---- resolved config\n{tomli_w.dumps(config_to_dict(cfg))}")
-        return 0
+        return [], False
     if not todo:
         print("hpc.launch: nothing to do")
-        return 0
+        return [], False
 
     jobs: list[submitit.Job] = []
     for stage in todo:
@@ -430,9 +445,10 @@ def launch(args: argparse.Namespace) -> int:
             points = sweep_overrides(Path(args.sweep))
             stage_jobs = []
             for i, overrides in enumerate(points):
-                point = load_config(PipelineConfig, args.config, [*args.overrides, *overrides])
-                point_cfg = wire(point, run_dir / "sweep" / f"{i:03d}")
-                stage_jobs.append(StageJob(stage, dataclasses.replace(point_cfg, clips=cfg.clips)))
+                point = wire(load_config(PipelineConfig, args.config, [*args.overrides, *overrides]), run_dir)
+                out = str(run_dir / "sweep" / f"{stage}-{i:03d}")
+                point = dataclasses.replace(point, **{stage: dataclasses.replace(getattr(point, stage), out=out)})
+                stage_jobs.append(StageJob(stage, point))
             with executor.batch():
                 submitted = [executor.submit(job) for job in stage_jobs]
             print(f"hpc.launch: {stage}: array job of {len(submitted)} points: "
@@ -443,23 +459,11 @@ def launch(args: argparse.Namespace) -> int:
         print(f"hpc.launch: {stage}: job {job.job_id} ({cluster}), log {folder / job.job_id}")
         jobs.append(job)
         if cluster == "local" and stage != todo[-1]:
-            try:
-                wait_for([job], args.wait_timeout)  # the local executor knows no dependencies
-            except submitit.core.utils.FailedJobError as e:
-                print(f"hpc.launch: {stage} failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
-                return 1
+            wait_for([job], args.wait_timeout)  # the local executor knows no dependencies
     print(f"hpc.launch: run dir {run_dir}")
     print(f"hpc.launch: logs under {folder}")
     print(f"hpc.launch: watch with: tensorboard --logdir {run_dir}")
-    if args.wait or cluster == "local":
-        try:
-            results = wait_for(jobs, args.wait_timeout)
-        except submitit.core.utils.FailedJobError as e:
-            print(f"hpc.launch: a job failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
-            return 1
-        for job, result in zip(jobs, results):
-            print(f"hpc.launch: job {job.job_id} finished: {result}")
-    return 0
+    return jobs, args.wait or cluster == "local"
 
 
 if __name__ == "__main__":

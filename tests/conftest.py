@@ -23,3 +23,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slurm" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_data(tmp_path_factory):
+    """A tiny generated data set run through the real front half of the pipeline: his.synth (3 classes x 4
+    videos), hpc.preprocess (Ray), his.data.images, and pretrained-SoundNet features (hpc.features)."""
+    import sys
+
+    from his.synth import generate
+
+    root = tmp_path_factory.mktemp("pipeline")
+    classes = ["PlayingCello", "PlayingDhol", "PlayingSitar"]
+    generate(root / "data", classes=classes, videos_per_class=4, groups=4, ppmi_images=16, seed=0,
+             duration_range=(4.0, 5.0), progress=False)
+    run = lambda *args: subprocess.run([sys.executable, "-m", *args], check=True, capture_output=True, timeout=300)
+    run("hpc.preprocess", "--videos", str(root / "data" / "UCF-101"), "--splits", str(root / "data" / "ucfTrainTestlist"),
+        "--classes", ",".join(classes), "--out", str(root / "clips"), "--num-cpus", "2")
+    run("his.data.images", "--src", str(root / "data" / "PPMI"), "--out", str(root / "images"))
+    run("hpc.features", f"data={root / 'clips'}", "actors=1", "figure=false")
+    features = next((root / "clips" / "features").iterdir())
+    return {"root": root, "clips": root / "clips", "images": root / "images", "features": features}

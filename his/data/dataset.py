@@ -1,0 +1,119 @@
+"""Readers for training: whole splits as arrays, and a torch Dataset over the clip index.
+
+The index (OUT/index.h5) holds HDF5 virtual datasets over the shards, so readers never need to know how the
+clips were sharded. h5py handles are not fork-safe: ClipDataset opens the file lazily in each process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+
+SPLITS = {"train": 0, "test": 1}
+
+
+def _split_rows(f: h5py.File, split: str | None) -> np.ndarray:
+    if split is None:
+        return np.arange(len(f["split"]))
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)} or None, not {split!r}")
+    return np.flatnonzero(f["split"][()] == SPLITS[split])
+
+
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows of `ds`, strings as str. The whole dataset is read sequentially and then indexed: on a virtual
+    dataset over many shards that is far faster than HDF5's own point selection."""
+    data = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+    return data if len(rows) == len(data) else data[rows]
+
+
+def load_split(index_path: str | os.PathLike, split: str | None, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """The rows of `split` ("train", "test", or None for all), in index order, as {field: array}."""
+    with h5py.File(index_path, "r") as f:
+        rows = _split_rows(f, split)
+        return {name: _read_rows(f[name], rows) for name in fields}
+
+
+def read_classes(index_path: str | os.PathLike) -> list[str]:
+    with h5py.File(index_path, "r") as f:
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs["classes"]]
+
+
+def load_features(features_dir: str | os.PathLike, split: str | None) -> np.ndarray:
+    """float32 (n, D) standardised features of `split`, rows aligned with load_split(clip index, split).
+
+    `features_dir` is CLIPS_OUT/features/<sha12>/; the split column comes from CLIPS_OUT/index.h5.
+    """
+    features_dir = Path(features_dir)
+    feature_file = next((p for p in (features_dir / "index.h5", features_dir / "features.h5") if p.exists()), None)
+    if feature_file is None:
+        raise FileNotFoundError(f"{features_dir}: no index.h5 or features.h5")
+    with h5py.File(features_dir.parent.parent / "index.h5", "r") as f:
+        rows = _split_rows(f, split)
+    with h5py.File(feature_file, "r") as f:
+        return _read_rows(f["feature"], rows).astype(np.float32, copy=False)
+
+
+def available_memory() -> int:
+    """Bytes of memory the system has free now (Linux), or 0 when unknown."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of one split from the index: item i is {field: tensor (numeric) or str}.
+
+    in_memory=None loads the split into memory when it needs under a quarter of the free memory (the fast
+    path: one sequential read, then no I/O per item); False reads each item from the file, which each
+    DataLoader worker opens for itself.
+    """
+
+    def __init__(
+        self,
+        index_path: str | os.PathLike,
+        split: str | None,
+        fields: Sequence[str],
+        in_memory: bool | None = None,
+    ) -> None:
+        self.index_path = str(index_path)
+        self.fields = list(fields)
+        with h5py.File(self.index_path, "r") as f:
+            self.rows = _split_rows(f, split)
+            row_bytes = sum(int(np.prod(f[n].shape[1:])) * f[n].dtype.itemsize for n in self.fields)
+        if in_memory is None:
+            in_memory = row_bytes * len(self.rows) < available_memory() // 4
+        self.data = load_split(self.index_path, split, self.fields) if in_memory else None
+        self._file: h5py.File | None = None
+        self._file_pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _open(self) -> h5py.File:
+        if self._file is None or self._file_pid != os.getpid():
+            self._file = h5py.File(self.index_path, "r")
+            self._file_pid = os.getpid()
+        return self._file
+
+    def __getitem__(self, i: int) -> dict:
+        if self.data is not None:
+            values = {name: self.data[name][i] for name in self.fields}
+        else:
+            f = self._open()
+            row = int(self.rows[i])
+            values = {}
+            for name in self.fields:
+                ds = f[name]
+                values[name] = ds.asstr()[row] if h5py.check_string_dtype(ds.dtype) else ds[row]
+        return {k: v if isinstance(v, str) else torch.as_tensor(np.asarray(v)) for k, v in values.items()}
+
+    def __getstate__(self) -> dict:
+        # an open h5py handle cannot be pickled to spawned workers; each reopens its own
+        return {**self.__dict__, "_file": None, "_file_pid": None}

@@ -1,0 +1,242 @@
+"""datasets.h5.spec: read the spec, give writers their storage layout, and check files against it.
+
+    python -m his.data.spec check FILE...     lists every deviation; exit 1 on any
+
+The spec file at the repository root is the only description of the format; nothing here repeats it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SPEC_PATH = Path(os.environ.get("HIS_SPEC", Path(__file__).resolve().parents[2] / "datasets.h5.spec"))
+ROLES = ("shard", "index")
+
+
+@lru_cache(maxsize=4)
+def load_spec(path: str | os.PathLike = SPEC_PATH) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def kind_spec(kind: str, spec: dict | None = None) -> dict:
+    spec = spec or load_spec()
+    if kind not in spec["kinds"]:
+        raise KeyError(f"kind {kind!r} is not in {SPEC_PATH} (known: {', '.join(spec['kinds'])})")
+    return spec["kinds"][kind]
+
+
+def _applies(entry: dict, role: str) -> bool:
+    return role in entry.get("roles", ROLES)
+
+
+def _resolve(dims: list, attrs: dict, n: int | None = None) -> list:
+    """Dimensions with "@attr" replaced by the attr's value and "N" by n (other names are left as they are)."""
+    out = []
+    for d in dims:
+        if isinstance(d, str) and d.startswith("@"):
+            out.append(int(attrs[d[1:]]))
+        elif d == "N" and n is not None:
+            out.append(n)
+        else:
+            out.append(d)
+    return out
+
+
+def _chunk_shape(chunks: list, attrs: dict, shape: tuple) -> tuple:
+    """The spec's chunk shape for a dataset of `shape`: "@attr" from attrs, a free dimension name from shape."""
+    return tuple(shape[i] if isinstance(d, str) else d for i, d in enumerate(_resolve(chunks, attrs)))
+
+
+def storage_options(kind: str, name: str, attrs: dict, shape: tuple) -> dict:
+    """h5py create_dataset keyword arguments (dtype, chunks, compression) for dataset `name` of a shard."""
+    entry = kind_spec(kind)["datasets"][name]
+    dtype = h5py.string_dtype() if entry["dtype"] == "str" else np.dtype(entry["dtype"])
+    options: dict[str, Any] = {"dtype": dtype}
+    if entry["chunks"] != "contiguous" and shape[0] > 0:
+        options["chunks"] = _chunk_shape(entry["chunks"], attrs, shape)
+    compression = entry["compression"]
+    if compression.startswith("gzip"):
+        options["compression"] = "gzip"
+        options["compression_opts"] = int(compression.split("-")[1])
+    elif compression == "lzf":
+        options["compression"] = "lzf"
+    return options
+
+
+def encode_attr(value: Any, type_name: str) -> Any:
+    """A Python value as stored in an HDF5 attr of spec type `type_name`."""
+    if type_name == "json":
+        return json.dumps(value)
+    if type_name == "list[str]":
+        return np.array(list(value), dtype=h5py.string_dtype())
+    return value
+
+
+def decode_attr(value: Any, type_name: str) -> Any:
+    if type_name == "json":
+        return json.loads(value)
+    if type_name == "list[str]":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+    if type_name == "list[int]":
+        return [int(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _attr_type_ok(value: Any, type_name: str) -> bool:
+    if type_name == "int":
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if type_name == "float":
+        return isinstance(value, (float, int, np.floating, np.integer))
+    if type_name == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if type_name in ("str", "json"):
+        return isinstance(value, (str, bytes))
+    if type_name == "list[str]":
+        return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OSU"
+    if type_name == "list[int]":
+        return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu"
+    raise ValueError(f"unknown attr type {type_name!r} in {SPEC_PATH}")
+
+
+def _dtype_ok(ds: h5py.Dataset, dtype: str) -> bool:
+    if dtype == "str":
+        info = h5py.check_string_dtype(ds.dtype)
+        return info is not None and info.encoding == "utf-8"
+    return ds.dtype == np.dtype(dtype)
+
+
+def check_file(path: str | os.PathLike, spec: dict | None = None) -> list[str]:
+    """Every way the HDF5 file at `path` deviates from the spec, one line each (empty when it conforms)."""
+    spec = spec or load_spec()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return [f"{path}: cannot open as HDF5 ({e})"]
+    problems: list[str] = []
+    with f:
+        kind = decode_attr(f.attrs.get("kind", ""), "str")
+        if kind not in spec["kinds"]:
+            return [f"{path}: attr kind={kind!r} is not a kind of the spec ({', '.join(spec['kinds'])})"]
+        role = decode_attr(f.attrs.get("role", ""), "str")
+        if role not in ROLES:
+            return [f"{path}: attr role={role!r} is not one of {ROLES}"]
+        ks = spec["kinds"][kind]
+        attrs = {k: f.attrs[k] for k in f.attrs}
+
+        for name, entry in ks["attrs"].items():
+            if not _applies(entry, role):
+                continue
+            if name not in attrs:
+                if entry.get("required", True):
+                    problems.append(f"{path}: missing attr {name}")
+                continue
+            if not _attr_type_ok(attrs[name], entry["type"]):
+                problems.append(f"{path}: attr {name} should be {entry['type']}, is {type(attrs[name]).__name__}")
+                continue
+            value = decode_attr(attrs[name], entry["type"])
+            if "value" in entry and value != entry["value"]:
+                problems.append(f"{path}: attr {name}={value!r}, spec says {entry['value']!r}")
+        for name in attrs:
+            if name not in ks["attrs"]:
+                problems.append(f"{path}: attr {name} is not in the spec")
+
+        rows: int | None = None
+        free: dict[str, int] = {}
+        for name, entry in ks["datasets"].items():
+            if not _applies(entry, role):
+                continue
+            if name not in f:
+                problems.append(f"{path}: missing dataset {name}")
+                continue
+            ds = f[name]
+            where = f"{path}: dataset {name}"
+            if not _dtype_ok(ds, entry["dtype"]):
+                problems.append(f"{where} has dtype {ds.dtype}, spec says {entry['dtype']}")
+            try:
+                want = _resolve(entry["shape"], {k: decode_attr(v, "int") for k, v in attrs.items()})
+            except (KeyError, ValueError, TypeError) as e:
+                problems.append(f"{where}: shape {entry['shape']} needs attr {e}")
+                continue
+            if len(want) != ds.ndim:
+                problems.append(f"{where} has shape {ds.shape}, spec says {entry['shape']}")
+                continue
+            for dim, size in zip(want, ds.shape):
+                if dim == "N":
+                    rows = size if rows is None else rows
+                    if size != rows:
+                        problems.append(f"{where} has {size} rows, other datasets have {rows}")
+                elif isinstance(dim, str):
+                    if free.setdefault(dim, size) != size:
+                        problems.append(f"{where}: dimension {dim}={size}, elsewhere {free[dim]}")
+                elif dim != size:
+                    problems.append(f"{where} has shape {ds.shape}, spec says {entry['shape']}")
+                    break
+            if ds.is_virtual:
+                problems += _check_virtual(path, name, ds)
+            else:
+                problems += _check_layout(where, ds, entry, attrs)
+        for name in f:
+            if name not in ks["datasets"]:
+                problems.append(f"{path}: dataset {name} is not in the spec")
+    return problems
+
+
+def _check_layout(where: str, ds: h5py.Dataset, entry: dict, attrs: dict) -> list[str]:
+    if ds.size == 0:
+        return []  # empty datasets are written unchunked: HDF5 cannot chunk a zero-sized fixed shape
+    problems = []
+    want_chunks = None
+    if entry["chunks"] != "contiguous":
+        want_chunks = _chunk_shape(entry["chunks"], {k: decode_attr(v, "int") for k, v in attrs.items()}, ds.shape)
+    if ds.chunks != want_chunks:
+        problems.append(f"{where} has chunks {ds.chunks}, spec says {entry['chunks']}")
+    have = "none" if ds.compression is None else ds.compression
+    if have == "gzip":
+        have = f"gzip-{ds.compression_opts}"
+    if have != entry["compression"]:
+        problems.append(f"{where} has compression {have}, spec says {entry['compression']}")
+    return problems
+
+
+def _check_virtual(path: str | os.PathLike, name: str, ds: h5py.Dataset) -> list[str]:
+    problems = []
+    base = Path(path).parent
+    for source in ds.virtual_sources():
+        if not (base / source.file_name).exists():
+            problems.append(f"{path}: dataset {name} maps to missing file {source.file_name}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m his.data.spec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate HDF5 files against datasets.h5.spec")
+    check.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+
+    failed = 0
+    for file in args.files:
+        problems = check_file(file)
+        for line in problems:
+            print(line)
+        failed += bool(problems)
+    n = len(args.files)
+    print(f"{n - failed} of {n} file(s) conform to {SPEC_PATH} (spec_version {load_spec()['spec_version']})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

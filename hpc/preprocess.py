@@ -1,0 +1,374 @@
+"""Ray preprocessing: UCF-101-layout videos -> audio/frame clips -> HDF5 shards + index + manifest.
+
+    python -m hpc.preprocess --videos DIR --splits DIR --classes A,B,C --out OUT [--split 1] [--address ADDR]
+        [--num-cpus N] [--window-s W] [--clips-per-video K] [--crop 200x190] [--size 64] [--shard-clips N]
+        [--force] [--strict]
+
+One Ray task per video decodes it with one ffmpeg call (his.media.decode_clips). Videos are assigned to
+shards up front, in split-list order, so shard k always holds the same videos: a shard that exists (shards
+are renamed into place only when complete) and was made with the same settings is kept on a re-run, and the
+index rows come out in the same order however the tasks finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from his.data.shards import build_index, code_version, now_utc, read_attrs, write_manifest, write_shard
+from his.data.spec import check_file
+from his.io import write_json
+from his.media import MediaError, decode_clips
+
+SPLIT_CODES = {"train": 0, "test": 1}
+VIDEO_NAME = re.compile(r"v_(?P<cls>[^_]+)_g(?P<group>\d+)_c(?P<clip>\d+)")
+
+
+@dataclass(frozen=True)
+class Video:
+    relpath: str  # as in the split list: Class/v_Class_gGG_cCC.avi
+    path: str
+    label: int
+    split: str
+    video_id: str
+    group: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    window_s: float = 2.0
+    clips_per_video: int = 4
+    crop: tuple[int, int] = (200, 190)
+    size: int = 64
+    timeout_s: float = 120.0
+
+
+@dataclass
+class VideoResult:
+    video: Video
+    columns: dict[str, np.ndarray] | None  # None when skipped
+    reason: str = ""
+    decode_s: float = 0.0
+
+
+def read_split_lists(splits_dir: str | os.PathLike, split: int, classes: Sequence[str], videos_dir: str | os.PathLike) -> list[Video]:
+    """The videos of `classes` named in trainlist0{split}.txt and testlist0{split}.txt, in list order."""
+    splits_dir, videos_dir = Path(splits_dir), Path(videos_dir)
+    label_of = {c: i for i, c in enumerate(classes)}
+    videos: list[Video] = []
+    seen: set[str] = set()
+    for split_name in ("train", "test"):
+        list_file = splits_dir / f"{split_name}list0{split}.txt"
+        if not list_file.is_file():
+            raise FileNotFoundError(f"{list_file}: split list not found")
+        for line in list_file.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            # "Class/v_Class_g08_c01.avi 12" (train) or "Class/v_Class_g08_c01.avi" (test); names may hold spaces
+            relpath = re.sub(r"\s+\d+\s*$", "", line.strip()) if split_name == "train" else line.strip()
+            cls = relpath.split("/")[0]
+            if cls not in label_of or relpath in seen:
+                continue
+            seen.add(relpath)
+            stem = Path(relpath).stem
+            m = VIDEO_NAME.search(stem)
+            videos.append(
+                Video(relpath, str(videos_dir / relpath), label_of[cls], split_name, stem, int(m["group"]) if m else -1)
+            )
+    return videos
+
+
+def process_video(video: Video, settings: Settings) -> VideoResult:
+    """Decode one video into its clip rows; any failure becomes a skip with a one-line reason."""
+    start = time.perf_counter()
+    try:
+        clips = decode_clips(video.path, settings.window_s, settings.clips_per_video, settings.crop, settings.size, settings.timeout_s)
+    except MediaError as e:
+        reason = str(e).removeprefix(f"{video.path}: ")
+        return VideoResult(video, None, reason, time.perf_counter() - start)
+    except Exception as e:  # a bug or an odd file must not end the whole run; it is reported like a bad file
+        return VideoResult(video, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+    n = len(clips)
+    columns = {
+        "audio": clips.audio,
+        "frame64": clips.frame64,
+        "frame88": clips.frame88,
+        "label": np.full(n, video.label, np.int16),
+        "split": np.full(n, SPLIT_CODES[video.split], np.uint8),
+        "video_id": np.array([video.video_id] * n, dtype=object),
+        "group": np.full(n, video.group, np.int16),
+        "clip_index": np.arange(n, dtype=np.int16),
+        "t_start": clips.t_start,
+        "t_end": clips.t_end,
+        "t_frame": clips.t_frame,
+        "source": np.array([video.path] * n, dtype=object),
+    }
+    return VideoResult(video, columns, "", time.perf_counter() - start)
+
+
+def shard_attrs(args: argparse.Namespace, settings: Settings, classes: Sequence[str]) -> dict:
+    """File attrs shared by every shard of this run; a kept shard must match them (less code_version, created)."""
+    return {
+        "classes": list(classes),
+        "sample_rate": 22050,
+        "window_s": settings.window_s,
+        "samples": round(settings.window_s * 22050),
+        "clips_per_video": settings.clips_per_video,
+        "crop": np.array(settings.crop, np.int64),
+        "size": settings.size,
+        "split_list": args.split,
+        "source_root": str(Path(args.videos).resolve()),
+    }
+
+
+def shard_is_complete(path: Path, attrs: dict, videos: list[Video]) -> tuple[bool, list]:
+    """Whether the shard at `path` holds exactly `videos` made with `attrs`; also its skipped list."""
+    if not path.is_file():
+        return False, []
+    try:
+        have = read_attrs(path)
+    except (OSError, KeyError):
+        return False, []
+    same = all(np.array_equal(np.asarray(have.get(k)), np.asarray(v)) for k, v in attrs.items())
+    same = same and have.get("videos") == [v.path for v in videos]
+    return same, have.get("skipped", [])
+
+
+def concat(results: list[VideoResult], window_samples: int, size: int) -> dict[str, np.ndarray]:
+    kept = [r.columns for r in results if r.columns is not None]
+    if kept:
+        return {name: np.concatenate([c[name] for c in kept]) for name in kept[0]}
+    empty = {  # a shard whose every video was skipped still records that they were tried
+        "audio": np.zeros((0, window_samples), np.int16),
+        "frame64": np.zeros((0, size, size, 3), np.uint8),
+        "frame88": np.zeros((0, 66, 88, 3), np.uint8),
+        "label": np.zeros(0, np.int16),
+        "split": np.zeros(0, np.uint8),
+        "video_id": np.zeros(0, object),
+        "group": np.zeros(0, np.int16),
+        "clip_index": np.zeros(0, np.int16),
+        "t_start": np.zeros(0, np.float32),
+        "t_end": np.zeros(0, np.float32),
+        "t_frame": np.zeros(0, np.float32),
+        "source": np.zeros(0, object),
+    }
+    return empty
+
+
+def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int) -> Iterator[VideoResult]:
+    """Yield results as Ray tasks finish, with never more than `max_in_flight` videos submitted at once."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=2)(process_video)
+    settings_ref = ray.put(settings)
+    pending = iter(videos)
+    in_flight = [task.remote(v, settings_ref) for v in itertools.islice(pending, max_in_flight)]
+    while in_flight:
+        done, in_flight = ray.wait(in_flight, num_returns=1)
+        next_video = next(pending, None)
+        if next_video is not None:
+            in_flight.append(task.remote(next_video, settings_ref))
+        yield ray.get(done[0])
+
+
+@dataclass
+class Summary:
+    videos_kept: int = 0
+    videos_skipped: int = 0
+    videos_reused: int = 0
+    clips: int = 0
+    shards_written: int = 0
+    shards_kept: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def preprocess(args: argparse.Namespace) -> tuple[Summary, list[dict]]:
+    t_wall = time.perf_counter()
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    settings = Settings(args.window_s, args.clips_per_video, parse_crop(args.crop), args.size, args.timeout_s)
+    if args.shard_clips < settings.clips_per_video:
+        raise SystemExit(f"--shard-clips ({args.shard_clips}) must be >= --clips-per-video ({settings.clips_per_video})")
+    out = Path(args.out)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in shard_dir.glob(".*.tmp"):  # from a killed run
+        leftover.unlink()
+
+    videos = read_split_lists(args.splits, args.split, classes, args.videos)
+    if not videos:
+        raise SystemExit(f"no videos of classes {classes} in the split lists under {args.splits}")
+    per_shard = args.shard_clips // settings.clips_per_video
+    plan = [videos[i : i + per_shard] for i in range(0, len(videos), per_shard)]
+    paths = [shard_dir / f"clips-{k:05d}.h5" for k in range(len(plan))]
+    for stale in set(shard_dir.glob("clips-*.h5")) - set(paths):
+        stale.unlink()
+    attrs = shard_attrs(args, settings, classes)
+
+    summary = Summary()
+    skipped: list[dict] = []
+    todo: list[int] = []
+    for k, (path, shard_videos) in enumerate(zip(paths, plan)):
+        complete, shard_skipped = (False, []) if args.force else shard_is_complete(path, attrs, shard_videos)
+        if complete:
+            summary.shards_kept += 1
+            summary.videos_reused += len(shard_videos) - len(shard_skipped)
+            skipped += [{"path": p, "reason": r, "shard": path.name} for p, r in shard_skipped]
+        else:
+            todo.append(k)
+
+    summary.seconds["start ray"] = 0.0
+    summary.seconds["decode (sum over tasks)"] = 0.0
+    summary.seconds["write shards"] = 0.0
+    todo_videos = [v for k in todo for v in plan[k]]
+    if todo_videos:
+        t = time.perf_counter()
+        cpus = start_ray(args)
+        summary.seconds["start ray"] = time.perf_counter() - t
+        shard_of = {v.path: k for k in todo for v in plan[k]}
+        waiting = {k: len(plan[k]) for k in todo}
+        results: dict[int, list[VideoResult]] = {k: [] for k in todo}
+        bar = tqdm(total=len(todo_videos), unit="video", desc="preprocess", dynamic_ncols=True, file=sys.stderr)
+        t_loop = time.perf_counter()
+        for result in run_tasks(todo_videos, settings, max_in_flight=cpus):
+            summary.seconds["decode (sum over tasks)"] += result.decode_s
+            if result.columns is None:
+                tqdm.write(f"skip {result.video.path}: {result.reason}", file=sys.stderr)
+                summary.videos_skipped += 1
+                skipped.append({"path": result.video.path, "reason": result.reason, "shard": paths[shard_of[result.video.path]].name})
+            else:
+                summary.videos_kept += 1
+                summary.clips += len(result.columns["audio"])
+            k = shard_of[result.video.path]
+            results[k].append(result)
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                t = time.perf_counter()
+                write_plan_shard(paths[k], plan[k], results.pop(k), attrs, settings)
+                summary.seconds["write shards"] += time.perf_counter() - t
+                summary.shards_written += 1
+            bar.update(1)
+            bar.set_postfix(clips=summary.clips, clips_s=f"{summary.clips / (time.perf_counter() - t_loop):.1f}")
+        bar.close()
+        summary.seconds["decode + write (wall)"] = time.perf_counter() - t_loop
+    else:
+        summary.seconds["decode + write (wall)"] = 0.0
+
+    t = time.perf_counter()
+    total = build_index(out / "index.h5", paths, "clips")
+    write_manifest(
+        out / "manifest.json",
+        "clips",
+        paths,
+        {"classes": classes, "settings": asdict(settings), "split_list": args.split, "source_root": attrs["source_root"]},
+    )
+    summary.seconds["index + manifest"] = time.perf_counter() - t
+    summary.clips = total
+    summary.seconds["total (wall)"] = time.perf_counter() - t_wall
+    return summary, skipped
+
+
+def write_plan_shard(path: Path, videos: list[Video], results: list[VideoResult], attrs: dict, settings: Settings) -> None:
+    order = {v.path: i for i, v in enumerate(videos)}
+    results = sorted(results, key=lambda r: order[r.video.path])
+    columns = concat(results, attrs["samples"], settings.size)
+    shard_skipped = [[r.video.path, r.reason] for r in results if r.columns is None]
+    write_shard(
+        path,
+        "clips",
+        columns,
+        {**attrs, "code_version": code_version(), "created": now_utc(), "videos": list(order), "skipped": shard_skipped},
+    )
+
+
+def start_ray(args: argparse.Namespace) -> int:
+    """Connect to the cluster at --address, or start a local Ray with --num-cpus; return its CPU count."""
+    import ray
+
+    if not ray.is_initialized():
+        if args.address:
+            ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"--crop must look like 200x190, not {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def print_summary(summary: Summary, skipped: list[dict], out: Path) -> None:
+    rows = [
+        ("videos kept (decoded now)", summary.videos_kept),
+        ("videos kept (from complete shards)", summary.videos_reused),
+        ("videos skipped", len(skipped)),
+        ("clips in index", summary.clips),
+        ("shards written / kept", f"{summary.shards_written} / {summary.shards_kept}"),
+        *((f"seconds: {stage}", f"{s:.2f}") for stage, s in summary.seconds.items()),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"\npreprocess summary ({out})")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpc.preprocess",
+        description="Decode UCF-101-layout videos into audio/frame clips in HDF5 shards, with Ray.",
+        epilog="With --address the Ray workers read the videos and the driver writes OUT at the same paths: a "
+        "filesystem shared by all nodes is assumed, as on HPC clusters. Re-running skips videos in complete "
+        "shards made with the same settings; bad videos are skipped and listed in OUT/report.json. A cluster "
+        "with Ray token authentication needs its token here too (RAY_AUTH_TOKEN or ~/.ray/auth_token).",
+    )
+    parser.add_argument("--videos", required=True, help="folder with Class/v_Class_gGG_cCC.avi")
+    parser.add_argument("--splits", required=True, help="folder with trainlist0N.txt and testlist0N.txt")
+    parser.add_argument("--classes", required=True, help="comma-separated class names, in label order")
+    parser.add_argument("--out", required=True, help="output folder (shards/, index.h5, manifest.json, report.json)")
+    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="UCF-101 split number")
+    parser.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local Ray)")
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
+    parser.add_argument("--window-s", type=float, default=2.0, help="seconds of audio per clip")
+    parser.add_argument("--clips-per-video", type=int, default=4, help="at most this many clips per video")
+    parser.add_argument("--crop", default="200x190", help="centre crop WxH in a 320x240 frame (scaled for others)")
+    parser.add_argument("--size", type=int, default=64, help="side of the stored crop (frame64)")
+    parser.add_argument("--shard-clips", type=int, default=1024, help="at most this many clips per shard")
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="ffmpeg time limit per video")
+    parser.add_argument("--force", action="store_true", help="redo every shard")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any video was skipped")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    parse_crop(args.crop)
+    summary, skipped = preprocess(args)
+    out = Path(args.out)
+    write_json(out / "report.json", {"created": now_utc(), "summary": asdict(summary), "skipped": skipped})
+    print_summary(summary, skipped, out)
+    problems = [p for f in [out / "index.h5", *sorted((out / "shards").glob("clips-*.h5"))] for p in check_file(f)]
+    for p in problems:
+        print(f"spec: {p}", file=sys.stderr)
+    if summary.clips == 0:
+        print("preprocess: no usable clips", file=sys.stderr)
+        return 1
+    if problems or (args.strict and skipped):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""hpc.launch against the real one-host Slurm (slurm/up) and submitit's local executor."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from hpc.launch import launch, parse_args, wait_for
+from his.train import TrainConfig, run
+
+TINY_TRAIN = ["train.ngf=8", "train.ndf=8", "train.batch_size=8", "train.log_every=1", "train.sample_every=1000",
+              "train.hist_every=100000", "train.ckpt_every=1000"]
+
+
+def hpc_launch(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpc.launch", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def data_args(data) -> list[str]:
+    return [f"clips={data['clips']}", f"train.features={data['features']}"]
+
+
+def squeue_count() -> int:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30)
+    return len(out.stdout.split())
+
+
+def test_missing_input_and_unwritable_run_dir_fail_with_one_line(tiny_pipeline_data, tmp_path):
+    out = hpc_launch("train", "--local", "--run-dir", str(tmp_path / "r"), f"clips={tmp_path / 'nothing'}")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "missing input" in out.stderr and "index.h5" in out.stderr
+    out = hpc_launch("train", "--local", "--run-dir", "/proc/his-run", *data_args(tiny_pipeline_data))
+    assert out.returncode == 2 and "not writable" in out.stderr and out.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "r" / "submitit").exists()
+
+
+def test_runs_locally_when_there_is_no_sbatch(tiny_pipeline_data, tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    out = hpc_launch("train", "--run-dir", str(tmp_path / "run"), *data_args(tiny_pipeline_data), *TINY_TRAIN,
+                     "train.max_steps=3", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(local)" in out.stdout and "'status': 'completed'" in out.stdout
+    assert "tensorboard --logdir" in out.stdout
+    assert (tmp_path / "run" / "train" / "summary.json").exists()
+
+
+@pytest.mark.slurm
+def test_bad_partition_and_too_many_nodes_submit_nothing(tiny_pipeline_data, tmp_path):
+    before = squeue_count()
+    out = hpc_launch("train", "--partition", "nonesuch", "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data))
+    assert out.returncode == 2 and "unknown partition 'nonesuch'" in out.stderr and "cpu" in out.stderr
+    out = hpc_launch("train", "--partition", "gpu", "--nodes", "3", "--run-dir", str(tmp_path),
+                     *data_args(tiny_pipeline_data))
+    assert out.returncode == 2 and "has only 2 node(s)" in out.stderr
+    assert squeue_count() == before and not (tmp_path / "submitit").exists()
+
+
+@pytest.mark.slurm
+def test_dry_run_prints_a_script_sbatch_accepts(tiny_pipeline_data, tmp_path):
+    out = hpc_launch("train", "--dry-run", "--partition", "gpu", "--nodes", "2", "--time", "00:30:00",
+                     "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data))
+    assert out.returncode == 0, out.stderr
+    script = out.stdout.split("# ---- stage train: sbatch script\n")[1].split("# ---- resolved config")[0]
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --partition=gpu" in script
+    assert "[train]" in out.stdout  # the resolved config follows
+    path = tmp_path / "train.sbatch"
+    path.write_text(script)
+    check = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert not (tmp_path / "submitit").exists()
+
+
+@pytest.mark.slurm
+def test_two_node_ddp_train_ranks_agree_and_rank0_logs_once(tiny_pipeline_data, tmp_path):
+    args = parse_args(["train", "--partition", "gpu", "--nodes", "2", "--cpus-per-task", "1", "--time", "00:20:00",
+                       "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data), *TINY_TRAIN, "train.max_steps=4"])
+    jobs, _ = launch(args)
+    (results,) = wait_for(jobs, timeout_s=300)
+    assert len(results) == 2 and all(r["status"] == "completed" for r in results)
+    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    events = EventAccumulator(str(tmp_path / "train" / "tb"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("loss/wasserstein")]
+    assert steps == sorted(set(steps)) and len(steps) == 4  # written by one rank only
+    log = next(Path(jobs[0].paths.folder).glob("*_0_log.out")).read_text()
+    assert "2 rank(s)" in log
+
+
+@pytest.mark.slurm
+def test_preempted_train_requeues_and_ends_as_an_uninterrupted_run(tiny_pipeline_data, tmp_path):
+    steps = ["train.max_steps=250", "train.n_critic=1"]
+    args = parse_args(["train", "--partition", "cpu", "--time", "01:30:00", "--run-dir", str(tmp_path / "slurm"),
+                       *data_args(tiny_pipeline_data), *TINY_TRAIN, *steps])
+    (job,), _ = launch(args)
+    log = lambda: "\n".join(p.read_text() for p in Path(job.paths.folder).glob("*_log.out"))
+    deadline = time.monotonic() + 120
+    while "training wgan-gp" not in log():
+        assert time.monotonic() < deadline, "the job never started training"
+        time.sleep(0.5)
+    time.sleep(2.0)
+    job._interrupt()
+    interrupted = time.monotonic()
+    (results,) = wait_for([job], timeout_s=300)
+    print(f"requeue round trip: {time.monotonic() - interrupted:.1f} s from interrupt to result")
+    text = log()
+    assert "stop requested" in text and "requeues so far: 1" in text
+    resumed_at = int(re.search(r"resumed from .* at step (\d+)", text).group(1))
+    assert 0 < resumed_at < 250
+    assert results[0]["status"] == "completed" and results[0]["step"] == 250
+
+    torch.set_num_threads(2)  # as the job's two CPUs
+    cfg = TrainConfig(clips=str(tiny_pipeline_data["clips"]), features=str(tiny_pipeline_data["features"]),
+                      out=str(tmp_path / "plain"), ngf=8, ndf=8, batch_size=8, log_every=1, sample_every=1000,
+                      hist_every=100000, ckpt_every=1000, max_steps=250, n_critic=1)
+    assert run(cfg)["weights_sha256"] == results[0]["weights_sha256"]
+    events = EventAccumulator(str(tmp_path / "slurm" / "train" / "tb" / "launch"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("launch/requeues")] == [1.0]
+
+
+@pytest.mark.slurm
+def test_chain_runs_in_dependency_order_and_a_second_launch_skips_it(tiny_pipeline_data, tmp_path):
+    data = tiny_pipeline_data
+    common = ["--partition", "cpu", "--time", "00:30:00", "--run-dir", str(tmp_path), f"clips={data['clips']}",
+              f"images={data['images']}", "finetune.epochs=1", "finetune.train_layers=head", "features.actors=1",
+              "features.figure=false", "pretrain.ngf=8", "pretrain.ndf=8", "pretrain.batch_size=8",
+              "pretrain.objective=wgan-gp", "pretrain.max_steps=3", *TINY_TRAIN, "train.max_steps=3",
+              "evaluate.k=2", "evaluate.classifier_steps=20", "evaluate.regressor_steps=20"]
+    jobs, _ = launch(parse_args(common))
+    assert len(jobs) == 5
+    results = wait_for(jobs, timeout_s=900)
+    assert results[3][0]["status"] == "completed"
+    assert (tmp_path / "eval" / "results.json").exists()
+    warm = (tmp_path / "train" / "warm_start.json").read_text()
+    assert "pretrain" in warm  # train started from the pretrained unconditional WGAN
+    out = hpc_launch(*common)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("outputs exist and are valid, skipped") == 5 and "nothing to do" in out.stdout

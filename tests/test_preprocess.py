@@ -1,0 +1,239 @@
+"""hpc.preprocess end to end with real ffmpeg and real Ray, on UCF-101-layout videos made here.
+
+Ray sessions are few (each costs seconds on this 2-core host): one in this process for the module, one in
+the subprocess that is killed midway, and one head started with `ray start` for --address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import ray
+
+from his.data.dataset import ClipDataset, load_split, read_classes
+from his.data.spec import check_file
+from hpc.preprocess import main
+from test_media import FPS, chirp_frequency, frame_number, make_video
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Alpha", "Beta"]
+WINDOW_S, CLIPS_PER_VIDEO = 1.0, 2
+COMMON = ["--classes", ",".join(CLASSES), "--window-s", str(WINDOW_S), "--clips-per-video", str(CLIPS_PER_VIDEO),
+          "--shard-clips", "4", "--num-cpus", "2"]  # fmt: skip
+ODD_NAME = "v_Beta_g03_c01 it's \"quoted\" é.avi"
+
+
+def write_lists(root: Path, train: list[str], test: list[str]) -> Path:
+    lists = root / "lists"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "trainlist01.txt").write_text("".join(f"{p} {CLASSES.index(p.split('/')[0]) + 1}\n" for p in train))
+    (lists / "testlist01.txt").write_text("".join(f"{p}\n" for p in test))
+    return lists
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """Eight good videos, two of each class per split, one with spaces, quotes and non-ASCII in its name."""
+    root = tmp_path_factory.mktemp("ucf")
+    train, test = [], []
+    for cls in CLASSES:
+        for g in (1, 2, 3, 4):
+            name = ODD_NAME if (cls, g) == ("Beta", 3) else f"v_{cls}_g{g:02d}_c01.avi"
+            make_video(root / "videos" / cls / name, duration=3.0 + 0.5 * g)
+            (train if g <= 2 else test).append(f"{cls}/{name}")
+    return root, train, test
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(videos: Path, lists: Path, out: Path, *extra: str) -> int:
+    return main(["--videos", str(videos), "--splits", str(lists), "--out", str(out), *COMMON, *extra])
+
+
+def index_content(index: Path) -> dict[str, np.ndarray]:
+    with h5py.File(index) as f:
+        return {n: (f[n].asstr()[()] if h5py.check_string_dtype(f[n].dtype) else f[n][()]) for n in f}
+
+
+def test_clips_match_split_lists_and_media(good, ray_session, tmp_path):
+    root, train, test = good
+    lists = write_lists(root, train, test)
+    assert run(root / "videos", lists, tmp_path / "out") == 0
+    index = tmp_path / "out" / "index.h5"
+    shards = sorted((tmp_path / "out" / "shards").glob("clips-*.h5"))
+    for f in [index, *shards]:
+        assert check_file(f) == []
+    assert subprocess.run([sys.executable, "-m", "his.data.spec", "check", str(index), *map(str, shards)]).returncode == 0
+
+    assert read_classes(index) == CLASSES
+    data = load_split(index, None, ["video_id", "split", "label", "clip_index", "source", "t_frame", "frame64", "audio"])
+    by_video = {}
+    for i, vid in enumerate(data["video_id"]):
+        by_video.setdefault(vid, []).append(i)
+    expected = {Path(p).stem: (0 if p in train else 1, CLASSES.index(p.split("/")[0])) for p in train + test}
+    assert set(by_video) == set(expected)
+    for vid, rows in by_video.items():
+        assert list(data["clip_index"][rows]) == list(range(CLIPS_PER_VIDEO))
+        assert {(int(data["split"][r]), int(data["label"][r])) for r in rows} == {expected[vid]}
+    assert any(s.endswith(ODD_NAME) for s in data["source"])
+    for i in range(len(data["video_id"])):
+        assert frame_number(data["frame64"][i]) == int(np.floor(data["t_frame"][i] * FPS))
+        assert chirp_frequency(data["audio"][i]) == pytest.approx(200 + 100 * data["t_frame"][i], abs=10)
+
+    train_rows = load_split(index, "train", ["video_id"])["video_id"]
+    assert set(train_rows) == {Path(p).stem for p in train}
+    ds = ClipDataset(index, "test", ["frame88", "label", "video_id"], in_memory=False)
+    mem = ClipDataset(index, "test", ["frame88", "label", "video_id"], in_memory=True)
+    assert len(ds) == len(mem) == 4 * CLIPS_PER_VIDEO
+    assert ds[3]["video_id"] == mem[3]["video_id"] and bool((ds[3]["frame88"] == mem[3]["frame88"]).all())
+    assert tuple(ds[0]["frame88"].shape) == (66, 88, 3)
+
+
+def test_bad_inputs_are_skipped_and_reported(good, ray_session, tmp_path):
+    root, train, test = good
+    videos = tmp_path / "videos"
+    shutil.copytree(root / "videos", videos)
+    bad = {
+        "Alpha/v_Alpha_g05_c01.avi": "empty file",
+        "Alpha/v_Alpha_g06_c01.avi": "truncated",
+        "Alpha/v_Alpha_g07_c01.avi": "not a readable media file",
+        "Beta/v_Beta_g05_c01.avi": "silent audio track",
+        "Beta/v_Beta_g06_c01.avi": "too short",
+        "Beta/v_Beta_g07_c01.avi": "no audio stream",
+        "Beta/v_Beta_g08_c01.avi": "no video stream",
+        "Alpha/v_Alpha_g08_c01.avi": "no such file",
+    }
+    (videos / "Alpha/v_Alpha_g05_c01.avi").write_bytes(b"")
+    whole = (videos / "Alpha/v_Alpha_g01_c01.avi").read_bytes()
+    (videos / "Alpha/v_Alpha_g06_c01.avi").write_bytes(whole[: len(whole) // 2])
+    (videos / "Alpha/v_Alpha_g07_c01.avi").write_bytes(os.urandom(20000))
+    make_video(videos / "Beta/v_Beta_g05_c01.avi", 3.0, audio="silent")
+    make_video(videos / "Beta/v_Beta_g06_c01.avi", 0.6)
+    make_video(videos / "Beta/v_Beta_g07_c01.avi", 3.0, audio=None)
+    wav = videos / "Beta/v_Beta_g08_c01.avi"  # sound only: a WAV file under a video's name
+    subprocess.run([os.environ.get("HIS_FFMPEG", "ffmpeg"), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=f=440:d=3", "-f", "wav", str(wav)], check=True)  # fmt: skip
+    # bad ones interleaved with the good ones, in both splits
+    lists = write_lists(tmp_path, [p for pair in zip(train, list(bad)[:4]) for p in pair], test + list(bad)[4:])
+
+    assert run(videos, lists, tmp_path / "out") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    reasons = {Path(s["path"]).relative_to(videos).as_posix(): s["reason"] for s in report["skipped"]}
+    assert set(reasons) == set(bad)
+    for path, reason in bad.items():
+        assert reason in reasons[path], (path, reasons[path])
+    kept = set(load_split(tmp_path / "out" / "index.h5", None, ["video_id"])["video_id"])
+    assert kept == {Path(p).stem for p in train + test}
+    assert report["summary"]["clips"] == len(train + test) * CLIPS_PER_VIDEO
+    assert run(videos, lists, tmp_path / "out", "--strict") == 1
+
+
+def test_kill_midway_then_rerun_equals_clean_run(good, ray_session, tmp_path):
+    root, train, test = good
+    videos = tmp_path / "videos"
+    shutil.copytree(root / "videos", videos)
+    names = list(train)
+    for cls in CLASSES:  # enough videos that a kill lands midway
+        for g in range(10, 34):
+            shutil.copy(videos / cls / f"v_{cls}_g01_c01.avi", videos / cls / f"v_{cls}_g{g:02d}_c01.avi")
+            names.append(f"{cls}/v_{cls}_g{g:02d}_c01.avi")
+    lists = write_lists(tmp_path, names, test)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hpc.preprocess", "--videos", str(videos), "--splits", str(lists), "--out", str(killed), *COMMON]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((killed / "shards").glob("clips-*.h5")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, all in its session
+        proc.wait()
+    planned = len(names + test) * CLIPS_PER_VIDEO // 4
+    done = list((killed / "shards").glob("clips-*.h5"))
+    assert 0 < len(done) < planned, "the kill did not land midway"
+    assert not (killed / "manifest.json").exists()
+    for shard in done:
+        assert check_file(shard) == []
+
+    assert run(videos, lists, killed) == 0
+    report = json.loads((killed / "report.json").read_text())
+    assert report["summary"]["shards_kept"] == len(done)
+    assert not list((killed / "shards").glob(".*"))
+    assert run(videos, lists, tmp_path / "clean") == 0
+    resumed, clean = index_content(killed / "index.h5"), index_content(tmp_path / "clean" / "index.h5")
+    assert resumed.keys() == clean.keys()
+    for name in clean:
+        assert np.array_equal(resumed[name], clean[name]), name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def test_address_of_a_running_ray_head(good, tmp_path):
+    root, train, test = good
+    lists = write_lists(tmp_path, train[:2], test[:2])
+    port = free_port()
+    # a short temp dir: Ray's unix socket paths must fit in 107 bytes
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    # the cluster's own token, so no other Ray on this machine (whose token is in ~/.ray) gets in the way
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # --block keeps `ray start` in the foreground, in a session of its own: the test tears down this head and
+    # only it by signalling that process group (`ray stop` would stop every Ray on the machine)
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         f"--temp-dir={ray_tmp}", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        cmd = [sys.executable, "-m", "hpc.preprocess", "--videos", str(root / "videos"), "--splits", str(lists),
+               "--out", str(tmp_path / "out"), "--address", f"127.0.0.1:{port}", *COMMON]  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not port_open(port):
+            time.sleep(0.2)
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "clips in index" in out.stdout
+        kept = set(load_split(tmp_path / "out" / "index.h5", None, ["video_id"])["video_id"])
+        assert kept == {Path(p).stem for p in train[:2] + test[:2]}
+    finally:
+        kill_group(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_group(head.pid, signal.SIGKILL)  # whatever of the head's group outlived the SIGTERM
+        head.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
