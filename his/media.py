@@ -90,7 +90,12 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, timeou
     if not path.exists():
         raise MediaError(f"{path}: no such file")
     stream = ffmpeg.input(str(path)).output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate, vn=None)
-    raw = run_ffmpeg(stream, path, timeout)
+    try:
+        raw = run_ffmpeg(stream, path, timeout)
+    except MediaError as e:
+        if "does not contain any stream" in e.stderr:  # how ffmpeg fails on a file without an audio track
+            raise MediaError(f"{path}: no audio stream") from None
+        raise
     if not raw:
         raise MediaError(f"{path}: no audio stream")
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0

@@ -26,9 +26,7 @@ def test_features_pretrained_then_finetuned(tmp_path):
     files = sorted(out.glob("features-*.h5")) + [out / "index.h5"]
     assert len(files) == 4
     for path in files:
-        # his.data.spec does not yet resolve the free dimension "D" in a chunk shape (reported to the lead);
-        # that one line aside, the files must conform.
-        assert [p for p in check_file(path) if "spec says [1, 'D']" not in p] == [], path
+        assert check_file(path) == [], path
     with h5py.File(out / "index.h5") as f:
         assert f.attrs["layer"] == "conv7" and f.attrs["checkpoint_sha256"] == summary["checkpoint_sha256"]
 

@@ -17,6 +17,7 @@ This module extracts in one process; hpc.features spreads the same per-shard wor
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -29,10 +30,10 @@ from tqdm import tqdm
 
 from his.audio.finetune import load_checkpoint
 from his.audio.soundnet import SoundNet8, cache_dir, load_pretrained, pretrained_state_dict
-from his.config import load_config
+from his.config import ConfigError, load_config
 from his.data.dataset import load_features, load_split, read_classes
 from his.data.shards import build_index, code_version, now_utc, sha256_file
-from his.data.spec import encode_attr, kind_spec
+from his.data.spec import decode_attr, encode_attr, kind_spec
 from his.io import atomic_path
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -75,6 +76,42 @@ def load_feature_model(checkpoint: str, layer: str, device: torch.device) -> tup
         return load_pretrained(device), layer or "conv7"
     classifier, meta = load_checkpoint(checkpoint, device)
     return classifier.soundnet, layer or meta["layer"]
+
+
+@dataclasses.dataclass
+class FeatureExtractor:
+    """Makes the feature of new sounds exactly as a stored feature set made its own: the same SoundNet-8 and
+    layer, then the set's train-split standardisation."""
+
+    model: SoundNet8
+    layer: str
+    mean: np.ndarray  # float32 (D,)
+    std: np.ndarray
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """int16 PCM windows (n, S) -> standardised float32 (n, D)."""
+        return (extract_batch(self.model, audio, self.layer) - self.mean) / self.std
+
+
+def load_feature_extractor(features_dir: str | os.PathLike, device: torch.device) -> FeatureExtractor:
+    """The FeatureExtractor of the feature set in `features_dir`, from its index.h5: the weights its attrs
+    name (checked against their sha256; the pretrained SoundNet when that is the sha256 of its weights),
+    its layer, and its `mean` and `std`."""
+    index = Path(features_dir) / "index.h5"
+    if not index.is_file():
+        raise ConfigError(f"config: features={str(features_dir)!r}: no index.h5 there")
+    with h5py.File(index, "r") as f:
+        if "mean" not in f or "std" not in f:
+            raise ConfigError(f"config: {index} has no mean and std to standardise a new sound with")
+        checkpoint, sha, layer = (decode_attr(f.attrs[k], "str") for k in ("checkpoint", "checkpoint_sha256", "layer"))
+        mean, std = f["mean"][()], f["std"][()]
+    if sha == checkpoint_identity("")[1]:
+        return FeatureExtractor(load_pretrained(device), layer, mean, std)
+    if not Path(checkpoint).is_file() or sha256_file(checkpoint) != sha:
+        raise ConfigError(f"config: {index} was made by {checkpoint} (sha256 {sha[:12]}), "
+                          "which is missing or has changed since")
+    model, _ = load_feature_model(checkpoint, layer, device)
+    return FeatureExtractor(model, layer, mean, std)
 
 
 def feature_layer(checkpoint: str, layer: str) -> str:

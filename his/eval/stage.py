@@ -109,26 +109,32 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
     return data
 
 
-def run(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate the run's checkpoint; returns the overall numbers and the paths written."""
-    run_dir = Path(cfg.run)
+def load_run_generator(run_dir: Path, checkpoint: str,
+                       device: torch.device) -> tuple[TrainConfig, Path, dict[str, Any], torch.nn.Module]:
+    """A his.train run's config, checkpoint path and contents, and its generator in eval mode on `device`:
+    from the checkpoint file `checkpoint` when given, else from the run's newest readable checkpoint."""
     if not (run_dir / "config.toml").is_file():
-        raise ConfigError(f"config: run={cfg.run!r}: no config.toml there (not a his.train run directory)")
+        raise ConfigError(f"config: run={str(run_dir)!r}: no config.toml there (not a his.train run directory)")
     train_cfg = load_config(TrainConfig, run_dir / "config.toml")
-    if cfg.checkpoint:
-        checkpoint_path, checkpoint = Path(cfg.checkpoint), load_checkpoint(cfg.checkpoint)
+    if checkpoint:
+        checkpoint_path, state = Path(checkpoint), load_checkpoint(checkpoint)
     else:
         found = latest_checkpoint(run_dir)
         if found is None:
-            raise ConfigError(f"config: run={cfg.run!r}: no readable checkpoint in {run_dir / 'checkpoints'}")
-        checkpoint_path, checkpoint = found
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
-
+            raise ConfigError(f"config: run={str(run_dir)!r}: no readable checkpoint in {run_dir / 'checkpoints'}")
+        checkpoint_path, state = found
     generator = build_generator(train_cfg.generator, train_cfg.cond_dim, train_cfg.z_dim, train_cfg.ngf,
                                 train_cfg.proj_dim)
-    generator.load_state_dict(checkpoint["generator"])
-    generator.to(device).eval()
+    generator.load_state_dict(state["generator"])
+    return train_cfg, checkpoint_path, state, generator.to(device).eval()
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate the run's checkpoint; returns the overall numbers and the paths written."""
+    run_dir = Path(cfg.run)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    train_cfg, checkpoint_path, checkpoint, generator = load_run_generator(run_dir, cfg.checkpoint, device)
 
     data = load_eval_data(train_cfg, cfg)
     samples = generate_samples(lambda features, z: generator(z, features), data.test_features, cfg.k,
