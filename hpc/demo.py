@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo", help="everything the demo writes goes here")
     p.add_argument("--classes", default=CLASSES)
     p.add_argument("--videos-per-class", type=int, default=20)
+    p.add_argument("--groups", type=int, default=10, help="players per class; with 5 a frame classifier learns rooms")
     p.add_argument("--ppmi-images", type=int, default=200)
     p.add_argument("--config", default=str(ROOT / "configs" / "demo.toml"), help="PipelineConfig for the run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="passed to hpc.launch")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     step("synth", ["-m", "his.synth", "--out", str(data), "--classes", args.classes,
-                   "--videos-per-class", str(args.videos_per_class), "--ppmi-images", str(args.ppmi_images)], timings)
+                   "--videos-per-class", str(args.videos_per_class), "--groups", str(args.groups), "--ppmi-images", str(args.ppmi_images)], timings)
     step("preprocess", ["-m", "hpc.preprocess", "--videos", str(data / "UCF-101"), "--splits",
                         str(data / "ucfTrainTestlist"), "--classes", args.classes, "--out", str(clips)], timings)
     step("images", ["-m", "his.data.images", "--src", str(data / "PPMI"), "--out", str(images)], timings)
