@@ -39,6 +39,12 @@ def load_config(cls: type[T], toml_path: str | os.PathLike | None = None, overri
         raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
 
 
+def config_from_argv(cls: type[T], argv: Sequence[str]) -> T:
+    """A stage's command line, `[CONFIG.toml] [key=value ...]`, as its config."""
+    toml = argv[0] if argv and "=" not in argv[0] else None
+    return load_config(cls, toml, argv[1:] if toml else argv)
+
+
 def config_to_dict(cfg: Any) -> dict:
     """A plain dict of a config dataclass with None values dropped (TOML has no null)."""
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, is_complete,
                                 load_feature_model, plan)
-from his.config import load_config
+from his.config import config_from_argv
 
 
 @dataclasses.dataclass
@@ -62,9 +62,7 @@ def run(cfg: PoolFeaturesConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    toml = args[0] if args and "=" not in args[0] else None
-    print(run(load_config(PoolFeaturesConfig, toml, args[1:] if toml else args)))
+    print(run(config_from_argv(PoolFeaturesConfig, sys.argv[1:] if argv is None else argv)))
     return 0
 
 

@@ -16,6 +16,18 @@ def slurm_is_up() -> bool:
     return out.returncode == 0 and "idle" in out.stdout
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one intra-op thread: on 2 cores shared with other work, two spinning threads are several
+    times slower than one. Use with pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if slurm_is_up():
         return

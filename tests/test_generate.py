@@ -4,7 +4,6 @@ import wave
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from his.data.dataset import load_features, load_split
@@ -16,13 +15,7 @@ from his.train import TrainConfig, run
 CELL = 64 + 2  # a grid cell and its padding (his.grid)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two cores shared with other work: one intra-op thread is faster than two that spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

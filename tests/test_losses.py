@@ -6,12 +6,7 @@ from his.losses import clip_weights, critic_loss, critic_steps, generator_loss, 
 from his.models import Critic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Quadratic(nn.Module):

@@ -4,12 +4,7 @@ import torch
 from his.models import Critic, ResidualGenerator, SimpleGenerator, build_generator, count_flops_per_image
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("cls", [SimpleGenerator, ResidualGenerator])

@@ -23,12 +23,7 @@ D = 12
 FEATURE_KEY = "0123456789ab"  # CLIPS/features/<first 12 hex of the SoundNet checkpoint sha256>/
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_clip_set(root: Path, per_class: int = 12, test_per_class: int = 2, seed: int = 0) -> Path:

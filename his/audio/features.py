@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from his.audio.finetune import load_checkpoint
 from his.audio.soundnet import SoundNet8, cache_dir, load_pretrained, pretrained_state_dict
-from his.config import ConfigError, load_config
+from his.config import ConfigError, config_from_argv
 from his.data.dataset import load_features, load_split, read_classes
 from his.data.shards import build_index, code_version, now_utc, sha256_file
 from his.data.spec import decode_attr, encode_attr, kind_spec
@@ -304,9 +304,7 @@ def figure_1(index_path: Path, features_dir: Path, max_points: int = 2000, seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    toml = args[0] if args and "=" not in args[0] else None
-    print(run(load_config(FeaturesConfig, toml, args[1:] if toml else args)))
+    print(run(config_from_argv(FeaturesConfig, sys.argv[1:] if argv is None else argv)))
     return 0
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from his.audio.soundnet import LAYER_CHANNELS, LAYERS, SoundNet8, load_pretrained
 from his.data.dataset import load_split, read_classes
-from his.config import config_to_dict, load_config, save_config
+from his.config import config_from_argv, config_to_dict, save_config
 from his.io import atomic_path, write_json
 
 
@@ -260,10 +260,7 @@ def run(cfg: FinetuneConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    toml = args[0] if args and "=" not in args[0] else None
-    cfg = load_config(FinetuneConfig, toml, args[1:] if toml else args)
-    summary = run(cfg)
+    summary = run(config_from_argv(FinetuneConfig, sys.argv[1:] if argv is None else argv))
     print({k: v for k, v in summary.items() if k != "classes"})
     return 0
 
