@@ -176,7 +176,7 @@ class StageJob(submitit.helpers.Checkpointable):
         stage_cfg = resolve_at_start(self.stage, self.cfg)
         if env.global_rank == 0:
             self.log_requeues(stage_cfg, env)
-        result = run_stage(self.stage, stage_cfg, env)
+        result = run_stage(self.stage, stage_cfg)
         if result.get("status") == "interrupted" and env.global_rank == 0:
             # The stage caught the preemption/time-limit signal and checkpointed at a step boundary; now let
             # submitit's own handler call checkpoint() and requeue this job.
@@ -199,18 +199,33 @@ class StageJob(submitit.helpers.Checkpointable):
                 writer.add_scalar("launch/requeues", restarts, restarts)
 
 
-def run_stage(stage: str, stage_cfg: Any, env: submitit.JobEnvironment) -> dict:
+def run_stage(stage: str, stage_cfg: Any) -> dict:
+    if stage == "features":
+        return run_features_in_allocation(stage_cfg)
     if stage == "finetune":
         from his.audio.finetune import run
-    elif stage == "features":
-        from hpc.features import run
-
-        stage_cfg = dataclasses.replace(stage_cfg, actors=max(1, min(stage_cfg.actors, os.cpu_count() or 1)))
     elif stage in ("pretrain", "train"):
         from his.train import run
     else:
         from his.eval.stage import run
     return run(stage_cfg)
+
+
+def run_features_in_allocation(cfg: PoolFeaturesConfig) -> dict:
+    """The Ray actor pool on a Ray started inside this job (its CPUs, its GPUs), shut down at the end; or on
+    an existing cluster when `features.address` is set."""
+    import ray
+
+    from hpc.features import run
+
+    if cfg.address:
+        return run(cfg)
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1))
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        return run(dataclasses.replace(cfg, actors=max(1, min(cfg.actors, cpus))))
+    finally:
+        ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------ requests

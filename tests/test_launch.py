@@ -94,31 +94,32 @@ def test_two_node_ddp_train_ranks_agree_and_rank0_logs_once(tiny_pipeline_data, 
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(900)
 def test_preempted_train_requeues_and_ends_as_an_uninterrupted_run(tiny_pipeline_data, tmp_path):
-    steps = ["train.max_steps=250", "train.n_critic=1"]
+    steps = ["train.max_steps=100", "train.n_critic=1"]
     args = parse_args(["train", "--partition", "cpu", "--time", "01:30:00", "--run-dir", str(tmp_path / "slurm"),
                        *data_args(tiny_pipeline_data), *TINY_TRAIN, *steps])
     (job,), _ = launch(args)
     log = lambda: "\n".join(p.read_text() for p in Path(job.paths.folder).glob("*_log.out"))
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while "training wgan-gp" not in log():
         assert time.monotonic() < deadline, "the job never started training"
         time.sleep(0.5)
-    time.sleep(2.0)
+    time.sleep(1.0)
     job._interrupt()
     interrupted = time.monotonic()
-    (results,) = wait_for([job], timeout_s=300)
+    (results,) = wait_for([job], timeout_s=600)
     print(f"requeue round trip: {time.monotonic() - interrupted:.1f} s from interrupt to result")
     text = log()
     assert "stop requested" in text and "requeues so far: 1" in text
     resumed_at = int(re.search(r"resumed from .* at step (\d+)", text).group(1))
-    assert 0 < resumed_at < 250
-    assert results[0]["status"] == "completed" and results[0]["step"] == 250
+    assert 0 < resumed_at < 100
+    assert results[0]["status"] == "completed" and results[0]["step"] == 100
 
     torch.set_num_threads(2)  # as the job's two CPUs
     cfg = TrainConfig(clips=str(tiny_pipeline_data["clips"]), features=str(tiny_pipeline_data["features"]),
                       out=str(tmp_path / "plain"), ngf=8, ndf=8, batch_size=8, log_every=1, sample_every=1000,
-                      hist_every=100000, ckpt_every=1000, max_steps=250, n_critic=1)
+                      hist_every=100000, ckpt_every=1000, max_steps=100, n_critic=1)
     assert run(cfg)["weights_sha256"] == results[0]["weights_sha256"]
     events = EventAccumulator(str(tmp_path / "slurm" / "train" / "tb" / "launch"))
     events.Reload()
