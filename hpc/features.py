@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import ray
 import torch
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, is_complete,
-                                load_feature_model, plan)
+from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, load_feature_model,
+                                pending_jobs, plan, summary_if_complete)
 from his.config import config_from_argv
 
 
@@ -43,10 +42,10 @@ class FeatureActor:
 
 def run(cfg: PoolFeaturesConfig) -> dict:
     features_dir, checkpoint, sha, jobs = plan(cfg)
-    pending = [job for job in jobs if not Path(job.raw_path).exists()]
-    if not pending and is_complete(features_dir, sum(job.rows for job in jobs)):
-        return {"features_dir": str(features_dir), "checkpoint_sha256": sha, "extracted_shards": 0,
-                "skipped_shards": len(jobs)}
+    done = summary_if_complete(features_dir, sha, jobs)
+    if done is not None:
+        return done
+    pending = pending_jobs(jobs)
     if pending:
         if not ray.is_initialized():
             ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)

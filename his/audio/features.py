@@ -223,13 +223,25 @@ def finish(cfg: FeaturesConfig, features_dir: Path, checkpoint: str, sha: str, j
     return summary
 
 
+def pending_jobs(jobs: list[ShardJob]) -> list[ShardJob]:
+    return [job for job in jobs if not Path(job.raw_path).exists()]
+
+
+def summary_if_complete(features_dir: Path, sha: str, jobs: list[ShardJob]) -> dict | None:
+    """The summary of a feature set that is already complete for these jobs (nothing to do), else None."""
+    if pending_jobs(jobs) or not is_complete(features_dir, sum(job.rows for job in jobs)):
+        return None
+    return {"features_dir": str(features_dir), "checkpoint_sha256": sha, "extracted_shards": 0,
+            "skipped_shards": len(jobs)}
+
+
 def run(cfg: FeaturesConfig) -> dict:
     """Extract (in this process) the shards not yet extracted, then standardise and index; returns a summary."""
     features_dir, checkpoint, sha, jobs = plan(cfg)
-    pending = [job for job in jobs if not Path(job.raw_path).exists()]
-    if not pending and is_complete(features_dir, sum(job.rows for job in jobs)):
-        return {"features_dir": str(features_dir), "checkpoint_sha256": sha, "extracted_shards": 0,
-                "skipped_shards": len(jobs)}
+    done = summary_if_complete(features_dir, sha, jobs)
+    if done is not None:
+        return done
+    pending = pending_jobs(jobs)
     model, layer = load_feature_model(cfg.checkpoint, cfg.layer, resolve_device(cfg.device))
     for job in tqdm(pending, desc="soundnet features"):
         extract_shard(model, layer, job, cfg.batch_size)
