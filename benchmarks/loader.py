@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from his.data.dataset import ClipDataset, load_split
-from his.train import Batches, TrainingData, make_batch
+from his.train.data import Batches, TrainingData, make_batch
 
 
 def make_clip_set(root: Path, n: int, seed: int = 0) -> Path:

@@ -25,14 +25,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from his.audio.features import load_feature_extractor, resolve_device
+from his.audio.features import load_feature_extractor
 from his.config import ConfigError
 from his.data.spec import decode_attr
+from his.distributed import choose_device
 from his.eval.evaluate import generate_samples
 from his.eval.figures import image_grid, save_png
 from his.eval.stage import load_run_generator
 from his.media import SAMPLE_RATE, MediaError, decode_audio, decode_clips
-from his.train import TrainConfig
+from his.train.config import TrainConfig
 
 MAX_COLUMNS = 8
 
@@ -88,7 +89,7 @@ def generate(checkpoint: str | os.PathLike, out: str | os.PathLike, audio: str |
     if not checkpoint.exists():
         raise ConfigError(f"{checkpoint}: no such run directory or checkpoint file")
     run_dir, checkpoint_file = (checkpoint, "") if checkpoint.is_dir() else (checkpoint.parent.parent, str(checkpoint))
-    torch_device = resolve_device(device)
+    torch_device = choose_device(device)
     train_cfg, checkpoint_path, _, generator = load_run_generator(run_dir, checkpoint_file, torch_device)
 
     with h5py.File(clip_index(train_cfg), "r") as f:

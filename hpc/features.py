@@ -17,6 +17,7 @@ from tqdm import tqdm
 from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, load_feature_model,
                                 pending_jobs, plan, summary_if_complete)
 from his.config import config_from_argv
+from his.distributed import choose_device
 
 
 @dataclasses.dataclass
@@ -32,7 +33,7 @@ class FeatureActor:
     def __init__(self, checkpoint: str, layer: str, batch_size: int, threads: int):
         torch.set_num_threads(threads)
         # Ray narrows CUDA_VISIBLE_DEVICES to this actor's GPU, so "cuda" is that GPU when it has one.
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = choose_device("auto")
         self.model, self.layer = load_feature_model(checkpoint, layer, device)
         self.batch_size = batch_size
 

@@ -136,7 +136,7 @@ def test_signal_checkpoints_and_returns_interrupted(clips, tmp_path):
 _TORN_WRITER = """
 import os, sys, torch
 from pathlib import Path
-import his.train as t
+import his.train.checkpoint as t
 real_save = torch.save
 def save_half_then_die(obj, path):
     real_save(obj, path)
@@ -160,7 +160,7 @@ def test_torn_checkpoint_is_never_loaded(tmp_path):
 
 
 def test_non_finite_loss_stops_naming_step_and_term(clips, tmp_path, monkeypatch):
-    import his.train as t
+    import his.train.loop as t
 
     calls = {"n": 0}
     real_loss = t.generator_loss
@@ -291,3 +291,64 @@ def test_ddp_two_ranks_match_one_process(clips, tmp_path):
         for k, p in critic.named_parameters():
             # float sums in another order: tolerance relative to the layer's gradient scale
             torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()), msg=k)
+
+
+# --------------------------------------------------------------------------------- the package's pieces
+
+
+def test_evaluation_and_generation_import_only_config_and_checkpoint():
+    code = ("import sys, his.eval, his.generate; "
+            "print(sorted(m for m in sys.modules if m.startswith('his.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['his.train', 'his.train.checkpoint', 'his.train.config']"
+
+
+def test_lr_halves_every_n_epochs_and_stays_constant_with_zero():
+    from his.train.config import resolve
+    from his.train.loop import learning_rate
+
+    cfg = resolve(TrainConfig(lr=1e-3, lr_halve_every=100))
+    assert [learning_rate(cfg, e) for e in (0, 99, 100, 199, 250)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    assert learning_rate(resolve(TrainConfig(lr=1e-3, lr_halve_every=0)), 10_000) == 1e-3
+
+
+def test_wrong_sounds_are_uniform_over_the_other_classes():
+    from his.train.data import WrongSounds
+
+    labels = np.array([0, 0, 0, 1, 2, 2])  # unsorted classes of unequal size must not matter
+    labels = labels[[3, 0, 4, 1, 5, 2]]
+    wrong = WrongSounds(labels)
+    rng = torch.Generator().manual_seed(0)
+    for own in (0, 1, 2):
+        drawn = wrong.draw(torch.full((6000,), own), rng).numpy()
+        assert (labels[drawn] != own).all()
+        others = np.flatnonzero(labels != own)
+        counts = np.bincount(drawn, minlength=len(labels))[others]
+        assert counts.min() > 0.8 * 6000 / len(others)  # every row of another class, about equally often
+
+
+def test_checkpoint_rotation_keeps_the_newest(tmp_path):
+    for step in range(1, 6):
+        save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004.pt", "step-00000005.pt"]
+    path, ckpt = latest_checkpoint(tmp_path)
+    assert path.name == "step-00000005.pt" and ckpt["step"] == 5
+
+
+def test_batches_resume_at_epoch_and_position():
+    from his.train.data import Batches
+
+    whole = Batches(20, 4, world=1, rank=0, seed=3)
+    seen = [next(whole) for _ in range(12)]  # 5 batches an epoch: crosses two epoch boundaries
+    resumed = Batches(20, 4, world=1, rank=0, seed=3, epoch=1, position=2)
+    assert all(np.array_equal(a, next(resumed)) for a in seen[7:])
+    assert sorted(np.concatenate(seen[:5]).tolist()) == list(range(20))  # an epoch sees every row once
+
+
+def test_compile_trains_like_eager(clips, tmp_path):
+    eager = run(tiny(clips, tmp_path / "eager", objective="gan-cls", max_steps=2))
+    compiled = run(tiny(clips, tmp_path / "compiled", objective="gan-cls", max_steps=2, compile=True))
+    a = load_checkpoint(Path(eager["checkpoint"]))["generator"]
+    b = load_checkpoint(Path(compiled["checkpoint"]))["generator"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)

@@ -34,6 +34,7 @@ from his.config import ConfigError, config_from_argv
 from his.data.dataset import load_features, load_split, read_classes
 from his.data.shards import build_index, code_version, now_utc, sha256_file
 from his.data.spec import decode_attr, encode_attr, kind_spec
+from his.distributed import choose_device
 from his.io import atomic_path
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -56,10 +57,6 @@ class ShardJob:
     clip_shard: str  # path of clips-NNNNN.h5
     raw_path: str  # where its raw features go
     rows: int
-
-
-def resolve_device(option: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if option == "auto" else option)
 
 
 def checkpoint_identity(checkpoint: str) -> tuple[str, str]:
@@ -242,7 +239,7 @@ def run(cfg: FeaturesConfig) -> dict:
     if done is not None:
         return done
     pending = pending_jobs(jobs)
-    model, layer = load_feature_model(cfg.checkpoint, cfg.layer, resolve_device(cfg.device))
+    model, layer = load_feature_model(cfg.checkpoint, cfg.layer, choose_device(cfg.device))
     for job in tqdm(pending, desc="soundnet features"):
         extract_shard(model, layer, job, cfg.batch_size)
     summary = finish(cfg, features_dir, checkpoint, sha, jobs, layer)

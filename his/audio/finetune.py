@@ -31,6 +31,7 @@ from tqdm import tqdm
 from his.audio.soundnet import LAYER_CHANNELS, LAYERS, SoundNet8, load_pretrained
 from his.data.dataset import load_split, read_classes
 from his.config import config_from_argv, config_to_dict, save_config
+from his.distributed import setup_distributed
 from his.io import atomic_path, write_json
 
 
@@ -149,26 +150,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval(), {k: v for k, v in state.items() if k not in tensors}
 
 
-def setup_distributed(device_option: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group when torchrun-style variables are set."""
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    use_cuda = torch.cuda.is_available() if device_option == "auto" else device_option.startswith("cuda")
-    if not distributed:
-        return 0, 1, torch.device("cuda" if use_cuda else device_option if device_option != "auto" else "cpu")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local_rank)
-        return rank, world, torch.device("cuda", local_rank)
-    return rank, world, torch.device("cpu")
-
-
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune, keep the best validation epoch, score train/val/test; returns the summary (also summary.json)."""
     if cfg.train_layers not in ("all", "head"):
         raise ValueError(f"train_layers must be 'all' or 'head', not {cfg.train_layers!r}")
-    rank, world, device = setup_distributed(cfg.device)
+    dd = setup_distributed(cfg.device)
+    rank, world, device = dd.rank, dd.world, dd.device
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     index_path = Path(cfg.data) / "index.h5"
@@ -255,7 +242,7 @@ def run(cfg: FinetuneConfig) -> dict:
         writer.close()
     if world > 1:
         dist.barrier()
-        dist.destroy_process_group()
+    dd.close()
     return summary
 
 

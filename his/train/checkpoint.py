@@ -1,0 +1,93 @@
+"""Checkpoints and randomness: atomic save with rotation, the newest readable one, warm start, RNG states.
+
+A checkpoint holds G, D, their optimisers, step, epoch, sampler position, the RNG states and the config.
+Randomness inside a step comes from `step_generator(seed, rank, step)`, so a resumed run draws the same
+noise as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from his.io import atomic_path
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator for all randomness of one training step: the same on resume, distinct per rank."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def rng_state() -> dict[str, Any]:
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, key.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
+    """Atomic: written under a temporary name and renamed, so a kill mid-write leaves no step-*.pt behind."""
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step-{step:08d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a run that loads; unreadable ones are reported and passed over."""
+    for path in sorted(Path(run_dir, "checkpoints").glob("step-*.pt"), reverse=True):
+        try:
+            return path, load_checkpoint(path)
+        except Exception as e:  # a torn or foreign file: fall back to the previous one
+            print(f"checkpoint {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); trying an older one")
+    return None
+
+
+def warm_start(model: nn.Module, pretrained: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy every pretrained tensor whose name and shape match; return (loaded, fresh) names."""
+    own = model.state_dict()
+    loaded = [k for k, v in own.items() if k in pretrained and pretrained[k].shape == v.shape]
+    model.load_state_dict({k: pretrained[k] for k in loaded}, strict=False)
+    return loaded, [k for k in own if k not in loaded]
+
+
+def weights_digest(*models: nn.Module) -> str:
+    h = hashlib.sha256()
+    for m in models:
+        for k, v in m.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+

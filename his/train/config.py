@@ -1,0 +1,111 @@
+"""The two training stages' configs and their checks: what evaluation and generation need to read a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from dataclasses import dataclass, field
+
+from his.config import ConfigError
+from his.losses import OBJECTIVES
+from his.models import NORMS
+
+# Per objective: optimiser, lr, betas (Adam) , critic steps per generator step, critic normalisation.
+OBJECTIVE_DEFAULTS = {
+    "gan-cls": dict(optimizer="adam", lr=2e-4, betas=[0.5, 0.999], n_critic=1, critic_norm="batch"),
+    "wgan": dict(optimizer="rmsprop", lr=5e-5, betas=[0.5, 0.999], n_critic=5, critic_norm="batch"),
+    "wgan-gp": dict(optimizer="adam", lr=1e-4, betas=[0.0, 0.9], n_critic=5, critic_norm="layer"),
+}
+IMAGE_SIZE = 64
+
+
+@dataclass
+class GANConfig:
+    """Fields shared by both stages. None means 'the objective's default' (OBJECTIVE_DEFAULTS)."""
+
+    out: str = "runs/his"
+    objective: str = "wgan-gp"  # gan-cls | wgan | wgan-gp
+    generator: str = "simple"  # simple (fig 4b) | residual (fig 4a)
+    critic_norm: str | None = None  # batch | layer | none
+    spectral_norm: bool = False
+    ngf: int = 64
+    ndf: int = 64
+    z_dim: int = 100
+    proj_dim: int = 128
+    batch_size: int = 64
+    epochs: int = 300
+    max_steps: int = 0  # generator steps; 0 = run `epochs`
+    optimizer: str | None = None  # adam | rmsprop
+    lr: float | None = None
+    betas: list[float] | None = None
+    lr_halve_every: int = 100  # epochs; 0 = constant
+    n_critic: int | None = None
+    alpha: float = 0.25  # weight of the mismatch term f(x, l_false) in eq 10
+    clip: float = 0.01  # wgan weight clipping
+    gp_lambda: float = 10.0
+    warmup_gen_steps: int = 25  # wgan: 100 critic steps for the first 25 generator steps
+    warmup_critic_steps: int = 100
+    warmup_every: int = 500  # ... and for every 500th
+    flip: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
+    log_every: int = 20
+    sample_every: int = 500
+    hist_every: int = 2000
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3
+    resume: bool = True
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+
+
+@dataclass
+class PretrainConfig(GANConfig):
+    """Unconditional WGAN on an image set (his.data.images), report §3.4 / §6.2."""
+
+    out: str = "runs/pretrain"
+    objective: str = "wgan"
+    images: str = ""  # image set dir (index.h5) or file
+
+
+@dataclass
+class TrainConfig(GANConfig):
+    """Sound-conditioned GAN on a clip data set and its SoundNet features, report §4-5."""
+
+    out: str = "runs/train"
+    clips: str = ""  # clip data set dir (index.h5) or file
+    features: str = ""  # feature set dir (features.h5) or file, rows aligned with the clips
+    frames: str = "frame64"  # frame64 | frame88 (88x66, random 64x64 crops, §5.3)
+    cond_dim: int = 1024
+    init_from: str = ""  # checkpoint to warm-start from (e.g. a pretrain run's); matching tensors only
+    sample_sounds: int = 3  # fixed held-out sounds in the sample grid, one per class in turn
+
+
+def resolve(cfg: GANConfig) -> GANConfig:
+    """Fill the objective's defaults and check every field that can be checked without data."""
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"config: objective={cfg.objective!r} is not one of {list(OBJECTIVES)}")
+    filled = {k: v for k, v in OBJECTIVE_DEFAULTS[cfg.objective].items() if getattr(cfg, k) is None}
+    cfg = dataclasses.replace(cfg, **filled)
+    checks = [
+        ("generator", cfg.generator in ("simple", "residual"), "simple | residual"),
+        ("critic_norm", cfg.critic_norm in NORMS, " | ".join(NORMS)),
+        ("optimizer", cfg.optimizer in ("adam", "rmsprop"), "adam | rmsprop"),
+        ("device", cfg.device in ("auto", "cpu", "cuda"), "auto | cpu | cuda"),
+        ("betas", len(cfg.betas) == 2, "two numbers"),
+        ("lr", cfg.lr > 0, "> 0"),
+        ("batch_size", cfg.batch_size > 0, "> 0"),
+        ("n_critic", cfg.n_critic > 0, "> 0"),
+        ("alpha", cfg.alpha >= 0, ">= 0"),
+        ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),
+         "layer or none for wgan-gp (batch norm couples the samples the penalty treats as independent)"),
+        ("stop_signals", all(hasattr(signal, s) for s in cfg.stop_signals), "names like SIGTERM"),
+    ]
+    if isinstance(cfg, TrainConfig):
+        checks.append(("frames", cfg.frames in ("frame64", "frame88"), "frame64 | frame88"))
+    for name, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"config: {name}={getattr(cfg, name)!r} must be {want}")
+    return cfg

@@ -1,0 +1,157 @@
+"""What a training step eats: the rows in memory, endless resumable batches, and the 'wrong' sounds.
+
+`load_clips`/`load_images` read a whole clip or image set into memory (uint8 frames are small: 10k 64x64
+frames are 120 MB). `Batches` walks DistributedSampler's order and can restart at (epoch, position);
+`make_batch` does crops, flips and scaling on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from his.config import ConfigError
+from his.data.dataset import load_features, load_split
+from his.train.config import IMAGE_SIZE, PretrainConfig, TrainConfig
+
+
+@dataclass
+class TrainingData:
+    frames: np.ndarray  # uint8 (N, H, W, 3), training rows
+    cond: np.ndarray | None  # float32 (N, D) standardised sound features; None when unconditional
+    labels: np.ndarray | None  # int (N,)
+    sample_frames: np.ndarray | None = None  # held-out rows shown in the sample grid
+    sample_cond: np.ndarray | None = None
+
+
+def _h5(path: str, name: str, field_name: str) -> Path:
+    p = Path(path)
+    p = p / name if p.is_dir() else p
+    if not path or not p.is_file():
+        raise ConfigError(f"config: {field_name}={path!r}: no {name} there")
+    return p
+
+
+def load_images(cfg: PretrainConfig) -> TrainingData:
+    with h5py.File(_h5(cfg.images, "index.h5", "images"), "r") as f:
+        frames = f["image"][()]
+    return TrainingData(frames=frames, cond=None, labels=None)
+
+
+def load_clips(cfg: TrainConfig) -> TrainingData:
+    """Train rows of the clip set and their features (his.data.dataset), plus fixed test rows for the grid."""
+    index = _h5(cfg.clips, "index.h5", "clips")
+    features_dir = Path(cfg.features)
+    feature_file = next((p for p in (features_dir / "index.h5", features_dir / "features.h5") if p.is_file()), None)
+    if not cfg.features or feature_file is None:
+        raise ConfigError(f"config: features={cfg.features!r}: no index.h5 or features.h5 there")
+    with h5py.File(index, "r") as f, h5py.File(feature_file, "r") as g:
+        if cfg.frames not in f:
+            raise ConfigError(f"config: frames={cfg.frames!r} is not a dataset of {index}")
+        n, (n_feat, dim) = len(f["label"]), g["feature"].shape
+    if dim != cfg.cond_dim:
+        raise ConfigError(f"config: cond_dim={cfg.cond_dim} but {feature_file} has features of size {dim}")
+    if n_feat != n:
+        raise ConfigError(f"config: features={cfg.features!r} has {n_feat} rows, the clips have {n}")
+    train = load_split(index, "train", [cfg.frames, "label"])
+    test = load_split(index, "test", [cfg.frames, "label"])
+    labels = train["label"].astype(np.int64)
+    if len(np.unique(labels)) < 2 and (cfg.objective == "gan-cls" or cfg.alpha > 0):
+        raise ConfigError(f"config: objective={cfg.objective!r} needs sounds of another class; the train split has one class")
+    held_out, held_cond = (test, load_features(features_dir, "test")) if len(test["label"]) else (train, None)
+    cond = load_features(features_dir, "train")
+    rows = _one_per_class(held_out["label"].astype(np.int64), cfg.sample_sounds)
+    return TrainingData(train[cfg.frames], cond, labels, held_out[cfg.frames][rows],
+                        (cond if held_cond is None else held_cond)[rows])
+
+
+def _one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """Up to n rows: the first of each class, then the second of each, ..."""
+    per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    order = [rows[i] for i in range(max(map(len, per_class), default=0)) for rows in per_class if i < len(rows)]
+    return np.array(order[:n], dtype=np.int64)
+
+
+class Batches:
+    """Endless batches of training rows in DistributedSampler order; resumable at (epoch, position)."""
+
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int = 0, position: int = 0):
+        self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch == 0:
+            raise ConfigError(f"config: batch_size={batch_size} is larger than the {len(self.sampler)} rows per rank")
+        self.epoch, self.position = epoch, position
+        self._order: list[int] | None = None
+
+    def __next__(self) -> np.ndarray:
+        if self.position == self.per_epoch:
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        if self._order is None:
+            self.sampler.set_epoch(self.epoch)
+            self._order = list(self.sampler)
+        start = self.position * self.batch_size
+        self.position += 1
+        return np.sort(self._order[start : start + self.batch_size])
+
+
+class WrongSounds:
+    """For each label, a uniformly drawn row of ANOTHER class (the 'wrong' condition of GAN-CLS and eq 10)."""
+
+    def __init__(self, labels: np.ndarray):
+        self.order = torch.from_numpy(np.argsort(labels, kind="stable"))
+        classes, counts = np.unique(labels, return_counts=True)
+        self.count = torch.zeros(int(classes.max()) + 1, dtype=torch.long)
+        self.start = torch.zeros_like(self.count)
+        self.count[classes] = torch.from_numpy(counts)
+        self.start[classes] = torch.from_numpy(np.cumsum(counts) - counts)
+        self.n = len(labels)
+
+    def draw(self, labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        others = self.n - self.count[labels]
+        r = (torch.rand(len(labels), generator=rng) * others).long()
+        skip_own = r >= self.start[labels]
+        return self.order[r + skip_own.long() * self.count[labels]]
+
+
+def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, rng: torch.Generator,
+               device: torch.device, flip: bool, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Images in [-1, 1] (random 64x64 crops of larger frames, random flips), their conditions, wrong ones."""
+    # uint8 rows go to the device as they are; crops, flips and scaling happen there (the host only gathers rows)
+    frames = torch.from_numpy(data.frames[rows]).to(device, non_blocking=True)
+    b, h, w, _ = frames.shape
+    if (h, w) != (IMAGE_SIZE, IMAGE_SIZE):
+        top = (torch.rand(b, generator=rng) * (h - IMAGE_SIZE + 1)).long().to(device)
+        left = (torch.rand(b, generator=rng) * (w - IMAGE_SIZE + 1)).long().to(device)
+        # a view of every 64x64 window, (B, h-63, w-63, 3, 64, 64); pick one per image -> (B, 3, 64, 64)
+        images = frames.unfold(1, IMAGE_SIZE, 1).unfold(2, IMAGE_SIZE, 1)[torch.arange(b, device=device), top, left]
+    else:
+        images = frames.permute(0, 3, 1, 2)
+    if flip:
+        flipped = (torch.rand(b, generator=rng) < 0.5).to(device)
+        images = torch.where(flipped[:, None, None, None], images.flip(3), images)
+    real = images.float().div_(127.5).sub_(1.0)
+    real = real.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if data.cond is None:
+        return real, None, None
+    cond = torch.from_numpy(data.cond[rows]).to(device, non_blocking=True)
+    wrong_cond = None
+    if wrong is not None:
+        wrong_rows = wrong.draw(torch.from_numpy(data.labels[rows]), rng).numpy()
+        wrong_cond = torch.from_numpy(data.cond[wrong_rows]).to(device, non_blocking=True)
+    return real, cond, wrong_cond
+
+
+def centre_crop(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, 64, 64) in [-1, 1], the centre 64x64."""
+    h, w = frames.shape[1:3]
+    top, left = (h - IMAGE_SIZE) // 2, (w - IMAGE_SIZE) // 2
+    x = torch.from_numpy(frames[:, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE])
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+

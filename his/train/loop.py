@@ -1,0 +1,378 @@
+"""The training loop: build the GAN, resume or warm-start, then (1) update D n_d times, (2) update G, repeat.
+
+Only rank 0 writes logs and checkpoints. Everything a run writes lives in `cfg.out` (see his.train).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+
+from his.config import config_to_dict, save_config
+from his.distributed import Distributed, setup_distributed
+from his.grid import make_grid, save_grid
+from his.io import write_json
+from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
+from his.models import Critic, SimpleGenerator, build_generator
+from his.train.checkpoint import (
+    latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, step_generator, warm_start,
+    weights_digest,
+)
+from his.train.config import GANConfig, TrainConfig, resolve
+from his.train.data import Batches, TrainingData, WrongSounds, centre_crop, load_clips, load_images, make_batch
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the message is one line naming the step and the term."""
+
+
+class StopRequest:
+    """Set by the stop signals (main thread only) or by the caller's should_stop()."""
+
+    def __init__(self, names: list[str], should_stop: Callable[[], bool] | None):
+        self.reason: str | None = None
+        self.should_stop = should_stop
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in names:
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def __call__(self) -> bool:
+        if self.reason is None and self.should_stop is not None and self.should_stop():
+            self.reason = "should_stop"
+        return self.reason is not None
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class GAN:
+    """The two networks, their optimisers, and the forms a step calls them in.
+
+    DDP averages gradients over ranks. The generator step calls the plain critic (its gradients are not
+    wanted); the gradient penalty calls the DDP critic eagerly: compiled double backward is not trusted.
+    """
+
+    generator: SimpleGenerator
+    critic: Critic
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    generate: Callable  # generator, DDP-wrapped and/or compiled
+    criticise: Callable  # critic for the critic loss, DDP-wrapped and/or compiled
+    criticise_for_g: Callable  # plain critic (compiled) for the generator loss
+    criticise_for_gp: Callable  # DDP critic, eager, for the gradient penalty
+
+    def set_lr(self, lr: float) -> None:
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+
+def _optimiser(cfg: GANConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.RMSprop(params, lr=cfg.lr)
+
+
+def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device) -> GAN:
+    torch.manual_seed(cfg.seed)
+    generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim).to(device)
+    critic = Critic(cond_dim, cfg.ndf, cfg.proj_dim, cfg.critic_norm, cfg.spectral_norm).to(device)
+    if cfg.channels_last:
+        generator, critic = generator.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
+    return GAN(generator, critic, _optimiser(cfg, generator.parameters()), _optimiser(cfg, critic.parameters()),
+               generator, critic, critic, critic)
+
+
+def distribute(gan: GAN, cfg: GANConfig, dd: Distributed) -> None:
+    """Wrap for DDP (more than one rank) and torch.compile (cfg.compile), after any checkpoint is loaded."""
+    ids = [dd.device] if dd.device.type == "cuda" else None
+    gen = DistributedDataParallel(gan.generator, device_ids=ids) if dd.world > 1 else gan.generator
+    critic = DistributedDataParallel(gan.critic, device_ids=ids) if dd.world > 1 else gan.critic
+    gan.generate, gan.criticise, gan.criticise_for_g, gan.criticise_for_gp = gen, critic, gan.critic, critic
+    if cfg.compile:
+        gan.generate, gan.criticise, gan.criticise_for_g = torch.compile(gen), torch.compile(critic), torch.compile(gan.critic)
+
+
+class Throughput:
+    """Images per second and the fraction of time spent waiting for data, per log interval and per run.
+
+    The run figure leaves out the first step (compilation, allocator warm-up).
+    """
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.tick, self.images, self.wait_s = time.perf_counter(), 0, 0.0
+        self.run_start: float | None = None
+        self.run_images = 0
+
+    def batch(self, size: int, wait_s: float) -> None:
+        self.images += size * self.world
+        self.wait_s += wait_s
+        if self.run_start is not None:
+            self.run_images += size * self.world
+
+    def first_step_done(self) -> None:
+        if self.run_start is None:
+            self.run_start = time.perf_counter()
+
+    def interval(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.tick
+        figures = {"images_per_s": self.images / elapsed, "data_wait_fraction": self.wait_s / elapsed}
+        self.tick, self.images, self.wait_s = time.perf_counter(), 0, 0.0
+        return figures
+
+    def run_figures(self, timed_steps: int) -> dict[str, float]:
+        if self.run_start is None or timed_steps <= 0:
+            return {}
+        seconds = time.perf_counter() - self.run_start
+        return {"s_per_step": seconds / timed_steps, "images_per_s": self.run_images / seconds}
+
+
+@dataclass
+class StepResult:
+    terms: dict[str, torch.Tensor]
+    critic_steps: int
+    grad_norms: dict[str, torch.Tensor]  # only when asked for (log steps)
+
+
+def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, wrong: WrongSounds | None,
+               step: int, rank: int, device: torch.device, meter: Throughput,
+               autocast: Callable[[], AbstractContextManager], measure: bool) -> StepResult:
+    """One generator step: n_d critic updates on fresh real batches, then one generator update conditioned on
+    the last batch's sounds. All randomness comes from step_generator(seed, rank, step)."""
+    rng = step_generator(cfg.seed, rank, step)
+    grad_norms: dict[str, torch.Tensor] = {}
+
+    # (1) update D
+    n_d = critic_steps(cfg.objective, step, cfg.n_critic, cfg.warmup_gen_steps, cfg.warmup_critic_steps, cfg.warmup_every)
+    for i in range(n_d):
+        t0 = time.perf_counter()
+        real, cond, wrong_cond = make_batch(data, next(batches), wrong, rng, device, cfg.flip, cfg.channels_last)
+        meter.batch(real.shape[0], time.perf_counter() - t0)
+        z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
+        gp_eps = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(device)
+        with torch.no_grad(), autocast():
+            fake = gan.generate(z, cond).to(real.dtype)  # one input dtype for the critic (no compile re-tracing)
+        with autocast():
+            loss_d, terms_d = critic_loss(cfg.objective, gan.criticise, real, fake, cond, wrong_cond, cfg.alpha,
+                                          cfg.gp_lambda, gp_critic=gan.criticise_for_gp, gp_eps=gp_eps)
+        gan.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        if measure and i == n_d - 1:
+            grad_norms["critic"] = _grad_norm(gan.critic)
+        gan.opt_d.step()
+        if cfg.objective == "wgan":
+            clip_weights(gan.critic, cfg.clip)
+
+    # (2) update G
+    gan.critic.requires_grad_(False)
+    z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
+    with autocast():
+        loss_g, terms_g = generator_loss(cfg.objective, gan.criticise_for_g, gan.generate(z, cond), cond)
+    gan.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    gan.critic.requires_grad_(True)
+    if measure:
+        grad_norms["generator"] = _grad_norm(gan.generator)
+    gan.opt_g.step()
+    return StepResult({**terms_d, **terms_g}, n_d, grad_norms)
+
+
+def learning_rate(cfg: GANConfig, epoch: int) -> float:
+    """The report's schedule: cfg.lr halved every `lr_halve_every` epochs (0: constant)."""
+    return cfg.lr * 0.5 ** (epoch // cfg.lr_halve_every) if cfg.lr_halve_every > 0 else cfg.lr
+
+
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+
+def run(cfg: GANConfig, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train (TrainConfig) or pretrain (PretrainConfig); returns a summary with "status" completed|interrupted.
+
+    Raises ConfigError before any training for a bad config, NonFiniteLoss when a loss term is NaN/inf.
+    """
+    cfg = resolve(cfg)
+    data = load_clips(cfg) if isinstance(cfg, TrainConfig) else load_images(cfg)
+    dd = setup_distributed(cfg.device)
+    stop = StopRequest(cfg.stop_signals, should_stop)
+    try:
+        return _train(cfg, data, dd, stop)
+    finally:
+        stop.restore()
+        dd.close()
+
+
+def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Callable) -> tuple[tuple[int, int, int], dict]:
+    """Resume from the newest readable checkpoint, else warm-start from cfg.init_from; ((step, epoch, position),
+    the warm-start report)."""
+    resumed = latest_checkpoint(run_dir) if cfg.resume else None
+    if resumed is not None:
+        path, ckpt = resumed
+        gan.generator.load_state_dict(ckpt["generator"])
+        gan.critic.load_state_dict(ckpt["critic"])
+        gan.opt_g.load_state_dict(ckpt["opt_generator"])
+        gan.opt_d.load_state_dict(ckpt["opt_critic"])
+        set_rng_state(ckpt["rng"])
+        say(f"resumed from {path} at step {ckpt['step']} (epoch {ckpt['epoch']}, batch {ckpt['position']})")
+        return (ckpt["step"], ckpt["epoch"], ckpt["position"]), {}
+    report: dict[str, dict[str, list[str]]] = {}
+    if conditional and cfg.init_from:
+        pretrained = load_checkpoint(cfg.init_from)
+        for name, model in (("generator", gan.generator), ("critic", gan.critic)):
+            loaded, fresh = warm_start(model, pretrained[name])
+            report[name] = {"loaded": loaded, "fresh": fresh}
+            say(f"warm start {name} from {cfg.init_from}: loaded {len(loaded)} tensors: {', '.join(loaded)}")
+            say(f"warm start {name}: {len(fresh)} start fresh: {', '.join(fresh)}")
+    return (0, 0, 0), report
+
+
+def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopRequest) -> dict[str, Any]:
+    conditional = data.cond is not None
+    run_dir, device, world = Path(cfg.out), dd.device, dd.world
+    say = print if dd.is_main else (lambda *a, **k: None)
+
+    gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device)
+    (step, epoch, position), warm_report = _restore(cfg, gan, run_dir, conditional, say)
+    distribute(gan, cfg, dd)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # noqa: E731
+    batches = Batches(len(data.frames), cfg.batch_size, world, dd.rank, cfg.seed, epoch, position)
+    wrong = WrongSounds(data.labels) if conditional and (cfg.objective == "gan-cls" or cfg.alpha > 0) else None
+    writer = None
+    if dd.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
+        if warm_report:
+            write_json(run_dir / "warm_start.json", {"init_from": cfg.init_from, **warm_report})
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+        for name, lists in warm_report.items():
+            writer.add_text(f"warm_start/{name}", "\n\n".join(f"**{k}**: {', '.join(v) or '-'}" for k, v in lists.items()), 0)
+    sample_noise = torch.randn(16 if conditional else 64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+    def checkpoint() -> Path | None:
+        if not dd.is_main:
+            return None
+        payload = {
+            "generator": gan.generator.state_dict(), "critic": gan.critic.state_dict(),
+            "opt_generator": gan.opt_g.state_dict(), "opt_critic": gan.opt_d.state_dict(),
+            "step": step, "epoch": batches.epoch, "position": batches.position, "rng": rng_state(),
+            "config": config_to_dict(cfg), "conditional": conditional, "world_size": world,
+        }
+        return save_checkpoint(run_dir, step, payload, cfg.keep_checkpoints)
+
+    total = cfg.max_steps if cfg.max_steps > 0 else None
+    status, terms, ckpt_path, first_step = "completed", {}, None, step
+    meter = Throughput(world)
+    say(f"training {cfg.objective} ({'conditional' if conditional else 'unconditional'}) on {device}, "
+        f"{world} rank(s), {len(data.frames)} images, {batches.per_epoch} batches/epoch/rank, from step {step}")
+    while (total is not None and step < total) or (total is None and batches.epoch < cfg.epochs):
+        lr = learning_rate(cfg, batches.epoch)
+        gan.set_lr(lr)
+        log_now = dd.is_main and step % cfg.log_every == 0
+        result = train_step(cfg, gan, data, batches, wrong, step, dd.rank, device, meter, autocast, log_now)
+        terms = result.terms
+        step += 1
+
+        # stop on a non-finite loss or a stop request, agreed over all ranks: the one host sync per step
+        non_finite = (~torch.isfinite(torch.stack([v.float() for v in terms.values()]))).any()
+        flags = torch.stack([non_finite.float(), torch.tensor(float(stop()), device=device)])
+        if world > 1:
+            dist.all_reduce(flags)
+        any_non_finite, stop_requested = flags.tolist()
+        if any_non_finite:
+            bad = next((k for k, v in terms.items() if not torch.isfinite(v)), "on another rank")
+            last_good = sorted(run_dir.glob("checkpoints/step-*.pt"))
+            if writer is not None:
+                writer.close()
+            raise NonFiniteLoss(f"non-finite loss at step {step}: {bad}; last good checkpoint: "
+                                f"{last_good[-1] if last_good else 'none'}")
+
+        if log_now:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            _log_step(writer, step, terms, lr, result, meter.interval(), batches.epoch)
+        if dd.is_main and (step % cfg.sample_every == 0 or step == 1):
+            _log_samples(writer, gan.generator, data, sample_noise, device, run_dir, step)
+        if dd.is_main and step % cfg.hist_every == 0:
+            for name, model in (("generator", gan.generator), ("critic", gan.critic)):
+                for k, p in model.named_parameters():
+                    writer.add_histogram(f"{name}/{k}", p.detach().float().cpu(), step)
+        if stop_requested:
+            status = "interrupted"
+            say(f"stop requested ({stop.reason or 'by another rank'}) at step {step}: checkpointing")
+            break
+        if step % cfg.ckpt_every == 0:
+            ckpt_path = checkpoint()
+        meter.first_step_done()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    throughput = meter.run_figures(step - first_step - 1)
+    if world > 1:  # batch-norm running statistics are per rank between DDP's broadcasts: end with rank 0's
+        for buffer in [*gan.generator.buffers(), *gan.critic.buffers()]:
+            dist.broadcast(buffer, 0)
+    if ckpt_path is None or not ckpt_path.name.endswith(f"{step:08d}.pt"):
+        ckpt_path = checkpoint()
+    last_terms = {k: float(v) for k, v in terms.items()}
+    summary = {"status": status, "step": step, "epoch": batches.epoch, "run_dir": str(run_dir),
+               "checkpoint": str(ckpt_path) if ckpt_path else None, "final": last_terms,
+               **throughput, "weights_sha256": weights_digest(gan.generator, gan.critic)}
+    if dd.is_main:
+        _log_samples(writer, gan.generator, data, sample_noise, device, run_dir, step)
+        hparams = {k: v for k, v in config_to_dict(cfg).items() if isinstance(v, (int, float, str, bool))}
+        writer.add_hparams(hparams, {f"final/{k}": v for k, v in last_terms.items()}, run_name=".")
+        writer.close()
+        write_json(run_dir / "summary.json", summary)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+def _log_step(writer: SummaryWriter, step: int, terms: dict[str, torch.Tensor], lr: float, result: StepResult,
+              perf: dict[str, float], epoch: int) -> None:
+    for k, v in terms.items():
+        writer.add_scalar(f"loss/{k}", float(v), step)
+    writer.add_scalar("lr", lr, step)
+    for name, norm in result.grad_norms.items():
+        writer.add_scalar(f"grad_norm/{name}", float(norm), step)
+    for name, value in perf.items():
+        writer.add_scalar(f"perf/{name}", value, step)
+    writer.add_scalar("perf/critic_steps", result.critic_steps, step)
+    writer.add_scalar("epoch", epoch, step)
+
+
+@torch.no_grad()
+def _log_samples(writer: SummaryWriter, generator: SimpleGenerator, data: TrainingData, noise: torch.Tensor,
+                 device: torch.device, run_dir: Path, step: int) -> None:
+    """16 images for each fixed held-out sound beside its real frame (conditional), or 64 (unconditional)."""
+    generator.eval()
+    if data.sample_cond is not None:
+        n = len(data.sample_cond)
+        cond = torch.from_numpy(data.sample_cond).to(device).repeat_interleave(len(noise), dim=0)
+        fake = generator(noise.repeat(n, 1).to(device), cond).float().cpu().view(n, len(noise), 3, 64, 64)
+        truth = centre_crop(data.sample_frames)[:, None]
+        images, nrow = torch.cat([fake, truth], dim=1).flatten(0, 1), len(noise) + 1
+    else:
+        images, nrow = generator(noise.to(device)).float().cpu(), 8
+    generator.train()
+    writer.add_image("samples", make_grid(images, nrow), step)
+    save_grid(images, run_dir / "samples" / "latest.png", nrow)
