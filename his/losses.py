@@ -1,4 +1,5 @@
-"""The objectives: GAN-CLS (report eq 2, 4), WGAN with the mismatch term (eq 10), WGAN-GP, unconditional WGANs.
+"""The objectives: GAN-CLS (report eq 2, 4), WGAN with the mismatch term (eq 10), WGAN-GP, unconditional WGANs,
+and (not in the report) the hinge loss of Lim & Ye (2017) / Miyato et al. (2018), with the mismatch term.
 
 Each critic loss is the quantity the critic *minimises* and returns it with its terms (detached, for logs).
 `wrong_cond` is the condition of a sound of another class than the image's; pass None for the unconditional
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OBJECTIVES = ("gan-cls", "wgan", "wgan-gp")
+OBJECTIVES = ("gan-cls", "wgan", "wgan-gp", "hinge")
 Critic = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
@@ -66,6 +67,21 @@ def critic_loss(
         terms["d_loss"] = loss
         return loss, {k: v.detach() for k, v in terms.items()}
 
+    if objective == "hinge":
+        # Geometric GAN (Lim & Ye 2017), as used with spectral norm and the projection discriminator (Miyato
+        # et al. 2018): E[relu(1 - D(x, c))] + E[relu(1 + D(G(z), c))]. The mismatch term is the report's
+        # alpha term (eq 10) in hinge form: a real image with a wrong sound is a third negative, weight alpha.
+        d_real = critic(real, cond).float()
+        d_fake = critic(fake, cond).float()
+        loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        terms = {"d_real": d_real.mean(), "d_fake": d_fake.mean()}
+        if wrong_cond is not None:
+            d_wrong = critic(real, wrong_cond).float()
+            loss = loss + alpha * F.relu(1 + d_wrong).mean()
+            terms["d_wrong"] = d_wrong.mean()
+        terms["critic_loss"] = loss
+        return loss, {k: v.detach() for k, v in terms.items()}
+
     if objective not in ("wgan", "wgan-gp"):
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     f_real = critic(real, cond).float().mean()
@@ -89,11 +105,11 @@ def critic_loss(
 def generator_loss(
     objective: str, critic: Critic, fake: torch.Tensor, cond: torch.Tensor | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GAN-CLS: maximise log s_f (eq 4, non-saturating). WGANs: maximise f(G(z, c), c) (eq 8)."""
+    """GAN-CLS: maximise log s_f (eq 4, non-saturating). WGANs and hinge: maximise f(G(z, c), c) (eq 8)."""
     score = critic(fake, cond).float()
     if objective == "gan-cls":
         loss = F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
-    elif objective in ("wgan", "wgan-gp"):
+    elif objective in ("wgan", "wgan-gp", "hinge"):
         loss = -score.mean()
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -111,7 +127,7 @@ def critic_steps(
     """Critic updates before generator update `gen_step` (0-based).
 
     WGAN (Arjovsky et al., Algorithm 1 as released): `warmup_critic_steps` for the first `warmup_gen_steps`
-    generator steps and every `warmup_every`-th one after, else `n_critic`. WGAN-GP and GAN-CLS: `n_critic`.
+    generator steps and every `warmup_every`-th one after, else `n_critic`. WGAN-GP, GAN-CLS, hinge: `n_critic`.
     """
     if objective == "wgan" and (gen_step < warmup_gen_steps or (warmup_every > 0 and gen_step % warmup_every == 0)):
         return warmup_critic_steps

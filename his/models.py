@@ -7,6 +7,8 @@
   conditional one wherever the shapes agree (everything but the first transposed convolution).
 - `Critic` (fig 4c): strided convolutions 64x64 -> ndf*8 x 4x4, the condition projected to proj_dim and
   replicated over 4x4, concatenated, a 1x1 and a 4x4 convolution to one scalar (a logit for GAN-CLS).
+- `ProjectionCritic` (not in the report): the projection discriminator of Miyato & Koyama (2018), the
+  condition entering as an inner product with the pooled image features instead of by concatenation.
 
 Images are (B, 3, 64, 64) in [-1, 1]; conditions are (B, cond_dim) standardised sound features.
 """
@@ -145,6 +147,99 @@ class Critic(nn.Module):
             c = self.project(cond)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
             h = torch.cat([h, c.to(h.dtype)], dim=1)
         return self.score(self.joint(h)).flatten()
+
+
+class ProjectionCritic(nn.Module):
+    """Projection discriminator (Miyato & Koyama 2018, "cGANs with Projection Discriminator"):
+    f(x, c) = psi(phi(x)) + <embed(c), phi(x)>.
+
+    phi: Critic's strided-convolution trunk (64x64 -> ndf*8 x 4x4), then global sum pooling -> (B, ndf*8).
+    The paper conditions on a class id, y^T V phi(x) with y one-hot; our condition is a continuous sound
+    feature, and a linear embedding of it is the natural generalisation: the same formula with y no longer
+    one-hot. (It is also what a Gaussian p(c|x) with mean linear in phi(x) gives for the log density ratio,
+    up to a term in x alone, which psi absorbs.) `proj_dim` (default None: a single linear map) factors
+    embed into two linear maps through a proj_dim bottleneck, fewer parameters, still linear, so the
+    projection form is unchanged. No bias in embed: a constant term <b, phi(x)> would just duplicate psi.
+
+    Spectral norm on every layer by default (as in the paper); no batch norm (its batch statistics couple the
+    scores of a batch); `norm="layer"` is allowed. With cond_dim=0 there is no embed: the unconditional critic
+    for pretraining, whose every tensor warm-starts the conditional one (only `embed.*` starts fresh).
+    """
+
+    def __init__(
+        self,
+        cond_dim: int = 1024,
+        ndf: int = 64,
+        proj_dim: int | None = None,
+        norm: Norm = "none",
+        spectral_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if norm not in ("layer", "none"):
+            raise ValueError(f"norm of a projection critic must be 'layer' or 'none', got {norm!r}")
+        bias = norm == "none"
+
+        def conv(cin: int, cout: int, b: bool = bias) -> nn.Module:
+            return nn.Conv2d(cin, cout, 4, 2, 1, bias=b)
+
+        self.features = nn.Sequential(
+            conv(3, ndf, True), nn.LeakyReLU(SLOPE),  # 32x32
+            conv(ndf, ndf * 2), _norm(norm, ndf * 2), nn.LeakyReLU(SLOPE),  # 16x16
+            conv(ndf * 2, ndf * 4), _norm(norm, ndf * 4), nn.LeakyReLU(SLOPE),  # 8x8
+            conv(ndf * 4, ndf * 8), _norm(norm, ndf * 8), nn.LeakyReLU(SLOPE),  # 4x4
+        )
+        width = ndf * 8
+        self.psi = nn.Linear(width, 1)
+        self.embed: nn.Module | None = None
+        if cond_dim > 0:
+            if proj_dim:
+                bottleneck = nn.Linear(cond_dim, proj_dim, bias=False)
+                self.embed = nn.Sequential(bottleneck, nn.Linear(proj_dim, width, bias=False))
+            else:
+                self.embed = nn.Linear(cond_dim, width, bias=False)
+        init_weights(self)
+        if spectral_norm:
+            # after the initialisation, so that its power iterations start from the weights actually used
+            # (registered before, as in Critic, the first scores of an SN layer are off by a factor up to ~50)
+            for layer in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+                _spectral_norm(layer)
+
+    def phi(self, image: torch.Tensor) -> torch.Tensor:
+        """Image features (B, ndf*8): the trunk, globally sum-pooled."""
+        return self.features(image).sum(dim=(2, 3))
+
+    def forward(self, image: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.phi(image)
+        out = self.psi(h).flatten()
+        if self.embed is not None:
+            out = out + (self.embed(cond.to(h.dtype)) * h).sum(dim=1)
+        return out
+
+
+CRITICS = ("concat", "projection")
+
+
+def build_critic(
+    kind: str,
+    cond_dim: int,
+    ndf: int,
+    proj_dim: int | None,
+    norm: Norm | None = None,
+    spectral_norm: bool | None = None,
+) -> Critic | ProjectionCritic:
+    """"concat": the report's Critic (fig 4c); "projection": ProjectionCritic (Miyato & Koyama 2018).
+
+    norm / spectral_norm None take the kind's default: batch norm without spectral norm for "concat", no
+    norm with spectral norm for "projection".
+    """
+    if kind not in CRITICS:
+        raise ValueError(f"critic must be one of {CRITICS}, got {kind!r}")
+    projection = kind == "projection"
+    norm = norm if norm is not None else ("none" if projection else "batch")
+    spectral_norm = spectral_norm if spectral_norm is not None else projection
+    if projection:
+        return ProjectionCritic(cond_dim, ndf, proj_dim, norm, spectral_norm)
+    return Critic(cond_dim, ndf, proj_dim if proj_dim is not None else 128, norm, spectral_norm)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -8,6 +8,7 @@ frames of the clip's class and attributes, so its samples are real frames by con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -18,7 +19,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from his.eval import figures
 from his.eval.classifier import NetTraining, images_to_frames, train_classifier
-from his.eval.evaluate import EvalData, EvalSettings, compute_metrics, evaluate, generate_samples
+from his.eval.evaluate import (
+    EvalData,
+    EvalSettings,
+    compute_metrics,
+    cross_class_derangement,
+    evaluate,
+    generate_samples,
+    generate_shuffled,
+)
 from his.eval.metrics import (
     diversity,
     frechet_distance,
@@ -78,6 +87,12 @@ def real_frame_generator(features: torch.Tensor, z: torch.Tensor) -> torch.Tenso
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def class_zero_generator(features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Ignores the sound: fresh real frames of one fixed class-0 sound, whatever sound it is given."""
+    class_zero = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5])
+    return real_frame_generator(class_zero.expand_as(features), z)
+
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -114,7 +129,8 @@ def real_samples(data) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def real_results(data, real_samples, cache_dir) -> dict:
-    return compute_metrics(data, real_samples, SETTINGS, cache_dir)
+    shuffled = generate_shuffled(real_frame_generator, data.test_features, data.test_labels, k=8, z_dim=3, seed=0)
+    return compute_metrics(data, real_samples, SETTINGS, cache_dir, shuffled=shuffled)
 
 
 # ---- metrics on hand-made features ------------------------------------------------------------------------
@@ -173,6 +189,26 @@ def test_spearman_is_nan_for_a_constant_side():
     assert np.isnan(spearman([1, 2, 3, 4], [5, 5, 5, 5]))
 
 
+@pytest.mark.parametrize("counts", [(10, 10, 10), (5, 3, 2), (4, 4), (1, 1, 1, 1, 1)])
+def test_cross_class_derangement_is_a_seeded_permutation_across_classes(counts):
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
+    by_seed = [cross_class_derangement(labels, seed) for seed in range(5)]
+    for seed, sounds in enumerate(by_seed):
+        assert sorted(sounds) == list(range(len(labels)))  # every sound used once
+        assert np.all(labels[sounds] != labels)
+        assert np.array_equal(sounds, cross_class_derangement(labels, seed))
+    assert any(not np.array_equal(by_seed[0], other) for other in by_seed[1:])
+
+
+def test_cross_class_derangement_when_one_class_holds_most_clips():
+    labels = np.array([0] * 7 + [1] * 2 + [2])  # no permutation pairs all seven 0s with other classes
+    sounds = cross_class_derangement(labels, seed=3)
+    assert np.all(labels[sounds] != labels)
+    assert np.array_equal(sounds, cross_class_derangement(labels, seed=3))
+    with pytest.raises(ValueError, match="two classes"):
+        cross_class_derangement(np.zeros(4, np.int64))
+
+
 # ---- the whole evaluation on the hand-made clip set --------------------------------------------------------
 
 
@@ -202,6 +238,32 @@ def test_real_frames_as_generated_score_like_real_frames(real_results):
         assert row["conditional_accuracy"] >= 0.8
 
 
+def test_images_that_follow_the_sound_follow_a_shuffled_sound(real_results):
+    overall = real_results["overall"]
+    assert overall["chance_accuracy"] == pytest.approx(1 / N_CLASSES)
+    assert overall["shuffled_accuracy"] <= 0.05
+    assert overall["shuffled_follows_sound"] >= 0.9
+    assert overall["shuffled_follows_sound"] == pytest.approx(overall["conditional_accuracy"], abs=0.1)
+    for row in real_results["per_class"].values():
+        assert row["shuffled_accuracy"] <= 0.1
+
+
+def test_the_shuffled_sound_control_exposes_a_generator_that_ignores_the_sound(data, cache_dir):
+    data = dataclasses.replace(data, train_attributes=None, test_attributes=None)
+    samples = generate_samples(class_zero_generator, data.test_features, k=4, z_dim=3, seed=0)
+    shuffled = generate_shuffled(class_zero_generator, data.test_features, data.test_labels, k=4, z_dim=3, seed=0)
+    results = compute_metrics(data, samples, SETTINGS, cache_dir, shuffled=shuffled)
+    overall, per_class = results["overall"], results["per_class"]
+    # the clips of class 0 look "conditioned" whatever the sound: the same accuracy with another class's sound
+    assert per_class["disc"]["conditional_accuracy"] >= 0.9
+    for row in per_class.values():
+        assert row["shuffled_accuracy"] == row["conditional_accuracy"]
+    assert overall["shuffled_accuracy"] == overall["conditional_accuracy"]
+    assert overall["shuffled_accuracy"] >= overall["chance_accuracy"] - 0.05
+    # only the sounds of class 0 are followed (the derangement keeps the class balance)
+    assert overall["shuffled_follows_sound"] == pytest.approx(overall["chance_accuracy"], abs=0.05)
+
+
 def test_real_frames_follow_the_sound_attributes(real_results):
     for name in ("loudness", "register"):
         attribute = real_results["attributes"][name]
@@ -219,6 +281,7 @@ def test_a_constant_image_per_class_has_diversity_near_zero(data, real_samples, 
     assert results["overall"]["conditional_accuracy"] >= 0.9  # collapsed, yet of the right class
     for attribute in results["attributes"].values():
         assert np.isnan(attribute["spearman_within_class"])
+    assert np.isnan(results["overall"]["shuffled_accuracy"])  # no control asked for
 
 
 def test_images_of_the_wrong_class_score_near_zero(data, real_samples, cache_dir):
@@ -242,17 +305,22 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
     samples = generate_samples(real_frame_generator, data.test_features, k=16, z_dim=3, seed=0)
     again = generate_samples(real_frame_generator, data.test_features, k=16, z_dim=3, seed=0)
     assert np.array_equal(samples, again)
-    first = evaluate(data, samples, tmp_path / "a", SETTINGS, cache_dir, log_dir=tmp_path / "tb", step=7)
+    shuffled = generate_shuffled(real_frame_generator, data.test_features, data.test_labels, k=16, z_dim=3, seed=0)
+    first = evaluate(data, samples, tmp_path / "a", SETTINGS, cache_dir, log_dir=tmp_path / "tb", step=7,
+                     shuffled=shuffled)
     # a fresh cache: the classifier is retrained from the seed and must come out the same
-    second = evaluate(data, again, tmp_path / "b", SETTINGS, tmp_path / "fresh-cache")
+    second = evaluate(data, again, tmp_path / "b", SETTINGS, tmp_path / "fresh-cache", shuffled=shuffled)
     first_json = json.loads((tmp_path / "a" / "results.json").read_text())
     second_json = json.loads((tmp_path / "b" / "results.json").read_text())
     for key in ("overall", "per_class", "attributes"):
         assert first_json[key] == second_json[key]
     assert first["overall"] == second["overall"]
+    assert first_json["overall"]["shuffled_accuracy"] == first["overall"]["shuffled_accuracy"] <= 0.05
 
     markdown = (tmp_path / "a" / "results.md").read_text()
     assert "| conditional accuracy |" in markdown and "| square |" in markdown and "| loudness |" in markdown
+    assert "| shuffled sound: read as the clip's class (chance 1/3 = 0.333) |" in markdown
+    assert "| shuffled sound: read as the sound's class |" in markdown
 
     # his.grid pads around every image, the outer border included
     grid, gap, label = 4 * 64 + 5 * figures.PAD, figures.GAP, figures.LABEL_WIDTH
@@ -269,6 +337,9 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
     events.Reload()
     accuracy = events.Scalars("eval/conditional_accuracy")
     assert accuracy[0].step == 7 and accuracy[0].value == pytest.approx(first["overall"]["conditional_accuracy"])
+    assert events.Scalars("eval/shuffled_follows_sound")[0].value == pytest.approx(
+        first["overall"]["shuffled_follows_sound"]
+    )
     assert {"eval/figure7", "eval/figure8"} <= set(events.Tags()["images"])
 
 
@@ -322,6 +393,7 @@ def test_python_m_his_eval_on_a_run_directory(data, tmp_path):
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert results["overall"]["k"] == 4 and results["overall"]["n_test_clips"] == len(data.test_labels)
     assert set(results["attributes"]) == {"loudness", "pitch_register"}
+    assert 0 <= results["overall"]["shuffled_accuracy"] <= 1 and 0 <= results["overall"]["shuffled_follows_sound"] <= 1
     assert (run_dir / "eval" / "figure7.png").is_file() and (run_dir / "eval" / "figure8.png").is_file()
     assert (tmp_path / "clips" / "eval-cache").is_dir()
     events = EventAccumulator(str(run_dir / "tb"))

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from his.losses import clip_weights, critic_loss, critic_steps, generator_loss, gradient_penalty
-from his.models import Critic
+from his.losses import OBJECTIVES, clip_weights, critic_loss, critic_steps, generator_loss, gradient_penalty
+from his.models import Critic, ProjectionCritic
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -96,3 +96,75 @@ def test_clip_weights_bounds_every_parameter():
     d = Critic(cond_dim=6, ndf=8, proj_dim=4)
     clip_weights(d, 0.01)
     assert max(p.abs().max() for p in d.parameters()) <= 0.01
+
+
+# hinge: a fake critic whose score is the "image" plus the condition, so every score is set by hand
+REAL = [2.0, 0.5, -1.0, 1.0]  # relu(1 - s) = 0, .5, 2, 0: mean 0.625
+FAKE = [-3.0, -0.5, 0.0, 1.0]  # relu(1 + s) = 0, .5, 1, 2: mean 0.875
+WRONG = -2.0  # real + wrong = 0, -1.5, -3, -1: relu(1 + s) = 1, 0, 0, 0: mean 0.25
+
+
+def _hinge_case():
+    critic = lambda x, c: (x + c).flatten()  # noqa: E731
+    real, fake = torch.tensor(REAL)[:, None], torch.tensor(FAKE)[:, None]
+    return critic, real, fake, torch.zeros(4, 1), torch.full((4, 1), WRONG)
+
+
+def test_hinge_critic_loss_on_hand_computed_scores():
+    critic, real, fake, cond, wrong = _hinge_case()
+    assert "hinge" in OBJECTIVES
+    loss, terms = critic_loss("hinge", critic, real, fake, cond)
+    torch.testing.assert_close(loss, torch.tensor(0.625 + 0.875))
+    assert set(terms) == {"d_real", "d_fake", "critic_loss"}
+    loss, terms = critic_loss("hinge", critic, real, fake, cond, wrong, alpha=0.4)
+    torch.testing.assert_close(loss, torch.tensor(0.625 + 0.875 + 0.4 * 0.25))
+    expected = {"d_real": 0.625, "d_fake": -0.625, "d_wrong": -1.375, "critic_loss": 1.6}
+    assert {k: v.item() for k, v in terms.items()} == pytest.approx(expected)
+    assert not any(v.requires_grad for v in terms.values())
+
+
+def test_hinge_mismatch_term_is_weighted_by_alpha():
+    critic, real, fake, cond, wrong = _hinge_case()
+    without, _ = critic_loss("hinge", critic, real, fake, cond)
+    for alpha in (0.0, 0.25, 1.0, 3.0):
+        loss, _ = critic_loss("hinge", critic, real, fake, cond, wrong, alpha=alpha)
+        torch.testing.assert_close(loss - without, torch.tensor(alpha * 0.25))
+
+
+def test_hinge_critic_gradient_vanishes_past_the_margin():
+    critic, real, fake, cond, _ = _hinge_case()
+    real.requires_grad_(True)
+    fake.requires_grad_(True)
+    critic_loss("hinge", critic, real, fake, cond)[0].backward()
+    # d/ds relu(1 - s) = -1 inside the margin (s < 1), 0 beyond; d/ds relu(1 + s) = +1 for s > -1; mean over 4
+    torch.testing.assert_close(real.grad.flatten(), torch.tensor([0.0, -0.25, -0.25, 0.0]))
+    torch.testing.assert_close(fake.grad.flatten(), torch.tensor([0.0, 0.25, 0.25, 0.25]))
+
+
+def test_hinge_generator_loss_raises_the_fake_score():
+    critic, _, fake, cond, _ = _hinge_case()
+    fake.requires_grad_(True)
+    loss, terms = generator_loss("hinge", critic, fake, cond)
+    torch.testing.assert_close(loss, torch.tensor(0.625))  # -mean(FAKE)
+    loss.backward()
+    torch.testing.assert_close(fake.grad.flatten(), torch.full((4,), -0.25))  # descent raises every D(G(z))
+    assert set(terms) == {"g_loss"}
+
+
+def test_hinge_with_projection_critics_conditional_and_not():
+    torch.manual_seed(0)
+    real, fake = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    loss, terms = critic_loss("hinge", ProjectionCritic(cond_dim=0, ndf=8), real, fake, None)
+    assert torch.isfinite(loss) and "d_wrong" not in terms
+    d = ProjectionCritic(cond_dim=6, ndf=8).eval()
+    cond, wrong = torch.randn(2, 6), torch.randn(2, 6)
+    loss, terms = critic_loss("hinge", d, real, fake, cond, wrong, alpha=0.5)
+    s_r, s_f, s_w = d(real, cond), d(fake, cond), d(real, wrong)
+    expected = (1 - s_r).relu().mean() + (1 + s_f).relu().mean() + 0.5 * (1 + s_w).relu().mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None for p in d.parameters())
+
+
+def test_hinge_takes_n_critic_steps_throughout():
+    assert {critic_steps("hinge", s, 5) for s in (0, 1, 24, 25, 500, 1000)} == {5}

@@ -1,7 +1,17 @@
 import pytest
 import torch
+from torch import nn
 
-from his.models import Critic, ResidualGenerator, SimpleGenerator, build_generator, count_flops_per_image
+from his.models import (
+    Critic,
+    ProjectionCritic,
+    ResidualGenerator,
+    SimpleGenerator,
+    build_critic,
+    build_generator,
+    count_flops_per_image,
+    init_weights,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -63,3 +73,102 @@ def test_flop_count_of_a_known_layer_stack():
     flops = count_flops_per_image(g, torch.randn(2, 100), torch.randn(2, 1024))
     assert flops > 2 * 228 * 512 * 16
     assert 1e8 < flops < 1e10
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@pytest.mark.parametrize("proj_dim", [None, 6])
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_projection_critic_gives_one_score_per_image(proj_dim, norm):
+    d = ProjectionCritic(cond_dim=16, ndf=8, proj_dim=proj_dim, norm=norm)
+    assert d(torch.randn(5, 3, 64, 64), torch.randn(5, 16)).shape == (5,)
+    assert ProjectionCritic(cond_dim=0, ndf=8, norm=norm)(torch.randn(5, 3, 64, 64)).shape == (5,)
+
+
+def test_projection_term_is_the_inner_product_of_embedded_condition_and_pooled_features():
+    torch.manual_seed(0)
+    x, c = torch.randn(3, 3, 64, 64), torch.randn(3, 16)
+    d = ProjectionCritic(cond_dim=16, ndf=8, spectral_norm=False)
+    with torch.no_grad():
+        d.psi.weight.zero_()
+        d.psi.bias.zero_()
+    phi = d.features(x).sum(dim=(2, 3))  # global sum pooling, by hand
+    torch.testing.assert_close(d(x, c), (c @ d.embed.weight.T * phi).sum(1))
+    # with spectral norm (eval: no power iteration between the calls), psi is the only other term
+    d = ProjectionCritic(cond_dim=16, ndf=8).eval()
+    phi = d.phi(x)
+    torch.testing.assert_close(d(x, c), d.psi(phi).flatten() + (d.embed(c) * phi).sum(1))
+
+
+def test_projection_critic_is_affine_in_the_condition_even_with_a_bottleneck():
+    torch.manual_seed(0)
+    d = ProjectionCritic(cond_dim=16, ndf=8, proj_dim=4).eval()
+    x, c1, c2 = torch.randn(2, 3, 64, 64), torch.randn(2, 16), torch.randn(2, 16)
+    g = lambda c: d(x, c) - d(x, torch.zeros_like(c))  # noqa: E731
+    torch.testing.assert_close(g(c1 + 2 * c2), g(c1) + 2 * g(c2))
+    assert not torch.allclose(g(c1), g(c2))  # and it does depend on the condition
+
+
+@pytest.mark.parametrize("proj_dim", [None, 4])
+def test_projection_critic_has_spectral_norm_on_every_layer(proj_dim):
+    torch.manual_seed(0)
+    d = ProjectionCritic(cond_dim=16, ndf=8, proj_dim=proj_dim)
+    layers = _layers(d)
+    assert len(layers) == 6 + (proj_dim is not None)  # 4 convolutions, psi, embed (1 or 2 maps)
+    assert all(hasattr(m, "parametrizations") for m in layers)
+    x, c = torch.randn(2, 3, 64, 64), torch.randn(2, 16)
+    for _ in range(10):  # training-mode calls, one power iteration each
+        d(x, c)
+    with torch.no_grad():  # largest singular value of each (reshaped) weight; power iteration estimates from below
+        sigma = [torch.linalg.matrix_norm(m.weight.flatten(1), 2).item() for m in layers]
+    assert all(0.999 < s < 1.1 for s in sigma), sigma
+    assert not any(hasattr(m, "parametrizations") for m in _layers(ProjectionCritic(16, 8, spectral_norm=False)))
+
+
+def test_projection_critic_has_no_batch_norm():
+    d = ProjectionCritic(cond_dim=16, ndf=8)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    with pytest.raises(ValueError, match="norm"):
+        ProjectionCritic(cond_dim=16, ndf=8, norm="batch")
+
+
+def test_layer_norm_projection_critic_treats_samples_independently():
+    d = ProjectionCritic(cond_dim=16, ndf=8, norm="layer").eval()
+    x, c = torch.randn(4, 3, 64, 64), torch.randn(4, 16)
+    torch.testing.assert_close(d(x, c)[:2], d(x[:2], c[:2]))
+
+
+def test_unconditional_projection_critic_warm_starts_all_but_the_embedding():
+    uncond = ProjectionCritic(cond_dim=0, ndf=8).state_dict()
+    cond = ProjectionCritic(cond_dim=16, ndf=8).state_dict()
+    assert set(uncond) < set(cond)
+    assert all(uncond[k].shape == cond[k].shape for k in uncond)
+    assert {k.split(".")[0] for k in set(cond) - set(uncond)} == {"embed"}
+
+
+def test_init_weights_works_on_the_spectrally_normalised_projection_critic():
+    d = ProjectionCritic(cond_dim=16, ndf=8)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.fill_(1.0)
+    init_weights(d)
+    originals = [m.parametrizations.weight.original for m in _layers(d)]
+    assert all(0.01 < w.std().item() < 0.03 and w.mean().abs().item() < 0.01 for w in originals)
+    assert all((m.bias == 0).all() for m in _layers(d) if m.bias is not None)
+    assert torch.isfinite(d(torch.randn(2, 3, 64, 64), torch.randn(2, 16))).all()
+
+
+def test_build_critic_kinds_and_their_defaults():
+    concat = build_critic("concat", 16, 8, 12)
+    assert type(concat) is Critic and any(isinstance(m, nn.BatchNorm2d) for m in concat.modules())
+    assert not any(hasattr(m, "parametrizations") for m in _layers(concat))
+    projection = build_critic("projection", 16, 8, None)
+    assert type(projection) is ProjectionCritic and all(hasattr(m, "parametrizations") for m in _layers(projection))
+    assert isinstance(projection.embed, nn.Linear)
+    plain = build_critic("projection", 16, 8, 4, norm="layer", spectral_norm=False)
+    assert isinstance(plain.embed, nn.Sequential) and any(isinstance(m, nn.GroupNorm) for m in plain.modules())
+    assert not any(hasattr(m, "parametrizations") for m in _layers(plain))
+    with pytest.raises(ValueError, match="critic"):
+        build_critic("stylegan", 16, 8, 12)

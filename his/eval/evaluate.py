@@ -4,6 +4,12 @@ Figure 7 and Figure 8 as PNGs, and the same to TensorBoard.
 
 Works on arrays: real frames and labels (EvalData), and generated samples uint8 (n_test, K, 64, 64, 3), one
 row per held-out test clip, which `generate_samples` draws from any generator callable.
+
+The shuffled-sound control (`generate_shuffled`): each test clip's images drawn again, with the same noise, from
+the sound of a test clip of another class. When images follow the sound, the classifier almost never reads the
+clip's own class off them (`shuffled_accuracy` near 0) and reads the sound's class as often as it reads the
+class in the normal samples (`shuffled_follows_sound` near `conditional_accuracy`); a generator that ignores
+the sound scores the same `shuffled_accuracy` as its `conditional_accuracy`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from his.eval import figures
-from his.eval.classifier import NetTraining, images_to_frames, run_net, train_classifier, train_regressor
+from his.eval.classifier import (
+    FrameNet,
+    NetTraining,
+    images_to_frames,
+    run_net,
+    train_classifier,
+    train_regressor,
+)
 from his.eval.metrics import (
     diversity,
     frechet_distance,
@@ -64,6 +77,15 @@ class EvalSettings:
     figure8_class: str | None = None  # default: the first class
 
 
+@dataclass
+class ShuffledSounds:
+    """The shuffled-sound control: row i of `samples` (n_test, K, 64, 64, 3) was drawn from the sound of test
+    clip `sounds[i]`, a clip of another class than clip i."""
+
+    sounds: np.ndarray
+    samples: np.ndarray
+
+
 @torch.no_grad()
 def generate_samples(
     generate: GenerateFn,
@@ -87,6 +109,58 @@ def generate_samples(
         images = generate(repeated[start : start + batch_size].to(device), z[start : start + batch_size].to(device))
         frames.append(images_to_frames(images))
     return np.concatenate(frames).reshape(n, k, *frames[0].shape[1:])
+
+
+def cross_class_derangement(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """For each clip, the index of a clip of another class: int (n,), the same for the same labels and seed.
+
+    A permutation (every sound used once, so the sounds keep the clips' class balance) when no class holds more
+    than half of the clips; otherwise none exists, and each clip draws one of another class at random.
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError("the shuffled-sound control needs clips of at least two classes")
+    rng = np.random.default_rng(seed)
+    largest = int(counts.max())
+    if 2 * largest > len(labels):
+        return np.array([rng.choice(np.flatnonzero(labels != label)) for label in labels])
+    # The clips in blocks by class (random class order, random order within a class), each taking the clip
+    # `largest` places further round: no block is longer than that, so that clip lies in another block.
+    order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in rng.permutation(classes)])
+    sounds = np.empty(len(labels), np.int64)
+    sounds[order] = np.roll(order, -largest)
+    return sounds
+
+
+def generate_shuffled(
+    generate: GenerateFn,
+    features: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    z_dim: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> ShuffledSounds:
+    """The shuffled-sound control's samples: `generate_samples` from the features of `cross_class_derangement`.
+
+    With the same arguments as the normal samples, image (i, j) has the same noise as the normal image (i, j):
+    only the sound differs.
+    """
+    sounds = cross_class_derangement(labels, seed)
+    samples = generate_samples(generate, np.asarray(features)[sounds], k, z_dim, seed, batch_size, device)
+    return ShuffledSounds(sounds, samples)
+
+
+def _classify(
+    classifier: FrameNet, samples: np.ndarray, settings: EvalSettings, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples (n, K, 64, 64, 3) -> the class the classifier reads off each, int (n * K,), and its features
+    (n * K, d); rows in the order of the samples, the K of a sound together."""
+    n, k = samples.shape[:2]
+    logits, feat = run_net(classifier, samples.reshape(n * k, *samples.shape[2:]), settings.batch_size, device)
+    return logits.argmax(1), feat
 
 
 def _ratio(value: float, reference: float) -> float:
@@ -151,8 +225,10 @@ def compute_metrics(
     settings: EvalSettings = EvalSettings(),
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
+    shuffled: ShuffledSounds | None = None,
 ) -> dict[str, Any]:
-    """Every metric for generated samples uint8 (n_test, K, 64, 64, 3), row i from test clip i's sound.
+    """Every metric for generated samples uint8 (n_test, K, 64, 64, 3), row i from test clip i's sound; with
+    `shuffled`, also the shuffled-sound control (otherwise its numbers are nan).
 
     `cache_dir` holds the trained classifier (and regressor) keyed by the data, so a second call is cheap.
     """
@@ -162,18 +238,26 @@ def compute_metrics(
     n, k = samples.shape[:2]
     if n != len(test_labels):
         raise ValueError(f"samples has {n} rows but there are {len(test_labels)} test clips")
+    if shuffled is not None and shuffled.samples.shape[:2] != (n, k):
+        raise ValueError(f"shuffled samples have shape {shuffled.samples.shape[:2]}, the samples {(n, k)}")
 
     classifier, classifier_path = train_classifier(
         data.train_frames, train_labels, len(classes), settings.classifier, cache_dir, device
     )
     test_logits, test_feat = run_net(classifier, data.test_frames, settings.batch_size, device)
     _, train_feat = run_net(classifier, data.train_frames, settings.batch_size, device)
-    gen_logits, gen_feat = run_net(classifier, samples.reshape(n * k, *samples.shape[2:]), settings.batch_size, device)
+    gen_predicted, gen_feat = _classify(classifier, samples, settings, device)
     gen_labels = np.repeat(test_labels, k)
     gen_clip = np.repeat(np.arange(n), k)
 
     ceiling_hits = test_logits.argmax(1) == test_labels
-    gen_hits = gen_logits.argmax(1) == gen_labels
+    gen_hits = gen_predicted == gen_labels
+    # nan where there is no control, so the results always have the same keys
+    shuffled_hits = shuffled_follows = np.full(n * k, math.nan)
+    if shuffled is not None:
+        shuffled_predicted, _ = _classify(classifier, shuffled.samples, settings, device)
+        shuffled_hits = shuffled_predicted == gen_labels
+        shuffled_follows = shuffled_predicted == np.repeat(test_labels[shuffled.sounds], k)
 
     retrieval = retrieval_recall(gen_feat, gen_clip, test_feat, test_labels)
     real_retrieval = retrieval_recall(test_feat, np.arange(n), test_feat, test_labels, exclude_self=True)
@@ -188,6 +272,7 @@ def compute_metrics(
             "n_test_clips": int((test_labels == c).sum()),
             "ceiling_accuracy": float(ceiling_hits[test_labels == c].mean()),
             "conditional_accuracy": float(gen_hits[in_class].mean()),
+            "shuffled_accuracy": float(shuffled_hits[in_class].mean()),
             **retrieval_recall(gen_feat[in_class], gen_clip[in_class], test_feat, test_labels),
         }
         row.update(_distances(gen_feat[in_class], test_feat[test_labels == c], train_feat[train_labels == c], settings))
@@ -208,6 +293,9 @@ def compute_metrics(
         "k": k,
         "ceiling_accuracy": float(ceiling_hits.mean()),
         "conditional_accuracy": float(gen_hits.mean()),
+        "shuffled_accuracy": float(shuffled_hits.mean()),
+        "shuffled_follows_sound": float(shuffled_follows.mean()),
+        "chance_accuracy": 1 / len(classes),
         **retrieval,
         **{f"{key}_real": value for key, value in real_retrieval.items() if key.startswith("class")},
         **_distances(gen_feat, test_feat, train_feat, settings),
@@ -261,11 +349,18 @@ def _markdown(results: dict[str, Any]) -> str:
         f"{o['n_test_clips']} held-out test clips, {o['k']} samples per sound. Features: our frame classifier's "
         "penultimate layer. *real*: the reference on real frames (classifier ceiling; train vs test frames for "
         "FID/KID; leave-one-out test frames for class retrieval). Diversity: mean pairwise feature distance, "
-        "divided by that among the real train frames of the class.",
+        "divided by that among the real train frames of the class. Shuffled sound: each clip's images drawn "
+        "again, with the same noise, from the sound of a clip of another class; images that follow the sound are "
+        "read as the clip's own class almost never, as the sound's class about as often as in conditional accuracy.",
         "",
         "| metric | generated | real |",
         "|---|---|---|",
         f"| conditional accuracy | {cell(o['conditional_accuracy'])} | {cell(o['ceiling_accuracy'])} |",
+        f"| shuffled sound: read as the clip's class (chance 1/{len(results['classes'])} = "
+        f"{cell(o['chance_accuracy'])}) "
+        f"| {cell(o['shuffled_accuracy'])} | |",
+        f"| shuffled sound: read as the sound's class | {cell(o['shuffled_follows_sound'])} "
+        f"| {cell(o['ceiling_accuracy'])} |",
         f"| R@1 / R@5 own frame | {cell(o['own_r1'])} / {cell(o['own_r5'])} | |",
         f"| R@1 / R@5 class | {cell(o['class_r1'])} / {cell(o['class_r5'])} "
         f"| {cell(o['class_r1_real'])} / {cell(o['class_r5_real'])} |",
@@ -276,13 +371,13 @@ def _markdown(results: dict[str, Any]) -> str:
         f"| diversity within one sound / real | {cell(o['diversity_within_sound'])} | 1 |",
         f"| diversity across sounds of a class / real | {cell(o['diversity_across_sounds'])} | 1 |",
         "",
-        "| class | clips | accuracy | ceiling | R@1 own | R@5 own | R@1 class | FID | FID real | KID | KID real "
-        "| div. within | div. across |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| class | clips | accuracy | ceiling | accuracy, shuffled sound | R@1 own | R@5 own | R@1 class | FID "
+        "| FID real | KID | KID real | div. within | div. across |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["per_class"].items():
-        keys = ["n_test_clips", "conditional_accuracy", "ceiling_accuracy", "own_r1", "own_r5", "class_r1", "fid",
-                "fid_real", "kid", "kid_real", "diversity_within_sound", "diversity_across_sounds"]
+        keys = ["n_test_clips", "conditional_accuracy", "ceiling_accuracy", "shuffled_accuracy", "own_r1", "own_r5",
+                "class_r1", "fid", "fid_real", "kid", "kid_real", "diversity_within_sound", "diversity_across_sounds"]
         lines.append(f"| {name} | " + " | ".join(cell(r.get(key, math.nan)) for key in keys) + " |")
     if "attributes" in results:
         lines += [
@@ -322,12 +417,13 @@ def evaluate(
     log_dir: str | os.PathLike | None = None,
     step: int = 0,
     device: torch.device | str = "cpu",
+    shuffled: ShuffledSounds | None = None,
 ) -> dict[str, Any]:
     """compute_metrics, then write OUT_DIR/results.json, results.md, figure7.png, figure8.png; with `log_dir`,
     the overall numbers (eval/...) and both figures also go to TensorBoard at `step`. Returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = compute_metrics(data, samples, settings, cache_dir, device)
+    results = compute_metrics(data, samples, settings, cache_dir, device, shuffled)
 
     seven_rows, eight_rows = _figure_clips(data, settings)
     labels = np.asarray(data.test_labels)

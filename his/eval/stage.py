@@ -3,9 +3,10 @@
     python -m his.eval RUN_DIR [CONFIG.toml] [key=value ...]
 
 reads RUN_DIR/config.toml (the run's resolved TrainConfig) and its newest checkpoint (or `checkpoint=`), loads
-the run's clip set and SoundNet features, draws K samples per held-out test sound and writes RUN_DIR/eval/
-(results.json, results.md, figure7.png, figure8.png); the overall numbers and the figures also go to the run's
-TensorBoard log (RUN_DIR/tb) at the checkpoint's step. The evaluation networks are cached beside the clip set
+the run's clip set and SoundNet features, draws K samples per held-out test sound (and K from the sound of a test
+clip of another class: the shuffled-sound control) and writes RUN_DIR/eval/ (results.json, results.md,
+figure7.png, figure8.png); the overall numbers and the figures also go to the run's TensorBoard log (RUN_DIR/tb)
+at the checkpoint's step. The evaluation networks are cached beside the clip set
 (CLIPS/eval-cache/), keyed by its data. Attribute following uses the generated data set's attributes.json
 when one is found above the source videos (or `attributes=`).
 """
@@ -25,9 +26,10 @@ import torch
 from his.config import ConfigError, load_config
 from his.data.dataset import load_features, load_split, read_classes
 from his.eval.classifier import NetTraining
-from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples
+from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
 from his.models import build_generator
-from his.train import IMAGE_SIZE, TrainConfig, latest_checkpoint, load_checkpoint
+from his.train.checkpoint import latest_checkpoint, load_checkpoint
+from his.train.config import IMAGE_SIZE, TrainConfig
 
 
 @dataclass
@@ -137,8 +139,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     train_cfg, checkpoint_path, checkpoint, generator = load_run_generator(run_dir, cfg.checkpoint, device)
 
     data = load_eval_data(train_cfg, cfg)
-    samples = generate_samples(lambda features, z: generator(z, features), data.test_features, cfg.k,
-                               train_cfg.z_dim, cfg.seed, cfg.batch_size, device)
+    generate = lambda features, z: generator(z, features)
+    samples = generate_samples(generate, data.test_features, cfg.k, train_cfg.z_dim, cfg.seed, cfg.batch_size, device)
+    shuffled = generate_shuffled(generate, data.test_features, data.test_labels, cfg.k, train_cfg.z_dim, cfg.seed,
+                                 cfg.batch_size, device)
     clips = Path(train_cfg.clips)
     settings = EvalSettings(
         classifier=NetTraining(steps=cfg.classifier_steps, seed=cfg.seed),
@@ -150,7 +154,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else run_dir / "eval"
     cache = Path(cfg.cache) if cfg.cache else (clips if clips.is_dir() else clips.parent) / "eval-cache"
     log_dir = Path(cfg.tb) if cfg.tb else run_dir / "tb"
-    results = evaluate(data, samples, out, settings, cache, log_dir, checkpoint["step"], device)
+    results = evaluate(data, samples, out, settings, cache, log_dir, checkpoint["step"], device, shuffled)
     return {
         "checkpoint": str(checkpoint_path),
         "step": checkpoint["step"],
