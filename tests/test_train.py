@@ -72,13 +72,15 @@ def tiny(clips: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("objective,frames", [("gan-cls", "frame64"), ("wgan", "frame88"), ("wgan-gp", "frame88")])
+@pytest.mark.parametrize("objective,frames", [("gan-cls", "frame64"), ("wgan", "frame88"), ("wgan-gp", "frame88"),
+                                              ("hinge", "frame88")])
 def test_each_objective_trains_with_finite_losses(clips, tmp_path, objective, frames):
     summary = run(tiny(clips, tmp_path / objective, objective=objective, frames=frames))
     assert summary["status"] == "completed" and summary["step"] == 3
     assert summary["final"] and all(np.isfinite(v) for v in summary["final"].values())
     wanted = {"gan-cls": {"s_r", "s_w", "s_f", "d_loss"}, "wgan": {"critic_wrong", "wasserstein"},
-              "wgan-gp": {"gradient_penalty", "critic_wrong", "wasserstein"}}[objective]
+              "wgan-gp": {"gradient_penalty", "critic_wrong", "wasserstein"},
+              "hinge": {"d_real", "d_fake", "d_wrong", "critic_loss"}}[objective]
     assert wanted | {"g_loss"} <= set(summary["final"])
     assert (tmp_path / objective / "config.toml").is_file()
     assert (tmp_path / objective / "samples" / "latest.png").is_file()
@@ -103,9 +105,13 @@ def _same_state(a, b, path=""):
         assert a == b, path
 
 
-@pytest.mark.parametrize("objective", ["gan-cls", "wgan", "wgan-gp"])
-def test_resume_is_exact(clips, tmp_path, objective):
-    kw = dict(objective=objective, frames="frame88", max_steps=5)
+MODERN = dict(objective="hinge", diffaugment="color,translation,cutout", ema_decay=0.9)
+
+
+@pytest.mark.parametrize("options", [dict(objective="gan-cls"), dict(objective="wgan"), dict(objective="wgan-gp"), MODERN],
+                         ids=["gan-cls", "wgan", "wgan-gp", "hinge-diffaugment-ema"])
+def test_resume_is_exact(clips, tmp_path, options):
+    kw = dict(frames="frame88", max_steps=5, **options)
     whole = run(tiny(clips, tmp_path / "whole", **kw))
     calls = iter(range(100))
     halted = run(tiny(clips, tmp_path / "split", **kw), should_stop=lambda: next(calls) >= 1)
@@ -115,8 +121,10 @@ def test_resume_is_exact(clips, tmp_path, objective):
     assert resumed["weights_sha256"] == whole["weights_sha256"]
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "step-00000005.pt")
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "step-00000005.pt")
-    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "position"):
-        _same_state(a[key], b[key], key)
+    assert a.keys() == b.keys()
+    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "position", "generator_ema"):
+        if key in a:
+            _same_state(a[key], b[key], key)
 
 
 def test_signal_checkpoints_and_returns_interrupted(clips, tmp_path):
@@ -352,3 +360,31 @@ def test_compile_trains_like_eager(clips, tmp_path):
     b = load_checkpoint(Path(compiled["checkpoint"]))["generator"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_ema_is_the_moving_average_of_the_generator_steps(clips, tmp_path):
+    """Runs are deterministic, so the k-step run's generator is step k's: EMA_1 = G_1, EMA_k = d EMA_k-1 + (1-d) G_k."""
+    decay = 0.5
+    kw = dict(MODERN, ema_decay=decay)
+    gens = [load_checkpoint(Path(run(tiny(clips, tmp_path / str(k), max_steps=k, **kw))["checkpoint"])) for k in (1, 2, 3)]
+    from his.train.checkpoint import sampling_weights
+
+    expected = {k: v.clone() for k, v in gens[0]["generator"].items()}
+    for ckpt in gens[1:]:
+        for k, v in ckpt["generator"].items():
+            if v.is_floating_point():
+                expected[k] = decay * expected[k] + (1 - decay) * v
+    for k, v in sampling_weights(gens[2]).items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert sampling_weights(gens[2]) is gens[2]["generator_ema"]
+    assert not torch.equal(gens[2]["generator_ema"]["to_rgb.weight"], gens[2]["generator"]["to_rgb.weight"])
+
+
+def test_bad_modern_options_are_named_before_any_work(clips, tmp_path):
+    with pytest.raises(ConfigError, match="diffaugment='zoom'"):
+        run(tiny(clips, tmp_path, diffaugment="zoom"))
+    with pytest.raises(ConfigError, match="ema_decay=1.5"):
+        run(tiny(clips, tmp_path, ema_decay=1.5))
+    with pytest.raises(ConfigError, match="critic='resnet'"):
+        run(tiny(clips, tmp_path, critic="resnet"))

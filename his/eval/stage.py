@@ -28,7 +28,7 @@ from his.data.dataset import load_features, load_split, read_classes
 from his.eval.classifier import NetTraining
 from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
 from his.models import build_generator
-from his.train.checkpoint import latest_checkpoint, load_checkpoint
+from his.train.checkpoint import latest_checkpoint, load_checkpoint, sampling_weights
 from his.train.config import IMAGE_SIZE, TrainConfig
 
 
@@ -127,7 +127,7 @@ def load_run_generator(run_dir: Path, checkpoint: str,
         checkpoint_path, state = found
     generator = build_generator(train_cfg.generator, train_cfg.cond_dim, train_cfg.z_dim, train_cfg.ngf,
                                 train_cfg.proj_dim)
-    generator.load_state_dict(state["generator"])
+    generator.load_state_dict(sampling_weights(state))
     return train_cfg, checkpoint_path, state, generator.to(device).eval()
 
 

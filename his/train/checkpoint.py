@@ -91,3 +91,8 @@ def weights_digest(*models: nn.Module) -> str:
     return h.hexdigest()
 
 
+
+
+def sampling_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The generator weights to draw samples with: the moving average when the run kept one (ema_decay > 0)."""
+    return ckpt.get("generator_ema", ckpt["generator"])

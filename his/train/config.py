@@ -7,14 +7,19 @@ import signal
 from dataclasses import dataclass, field
 
 from his.config import ConfigError
+from his.augment import POLICIES, parse_policy
 from his.losses import OBJECTIVES
-from his.models import NORMS
+from his.models import CRITICS, NORMS
 
-# Per objective: optimiser, lr, betas (Adam) , critic steps per generator step, critic normalisation.
+# Per objective: optimiser, lr, betas (Adam), critic steps per generator step, the critic and its normalisation.
+# hinge: the projection discriminator with spectral norm (Miyato & Koyama 2018) and SN-GAN's Adam settings.
+_REPORT_CRITIC = dict(critic="concat", spectral_norm=False)
 OBJECTIVE_DEFAULTS = {
-    "gan-cls": dict(optimizer="adam", lr=2e-4, betas=[0.5, 0.999], n_critic=1, critic_norm="batch"),
-    "wgan": dict(optimizer="rmsprop", lr=5e-5, betas=[0.5, 0.999], n_critic=5, critic_norm="batch"),
-    "wgan-gp": dict(optimizer="adam", lr=1e-4, betas=[0.0, 0.9], n_critic=5, critic_norm="layer"),
+    "gan-cls": dict(optimizer="adam", lr=2e-4, betas=[0.5, 0.999], n_critic=1, critic_norm="batch", **_REPORT_CRITIC),
+    "wgan": dict(optimizer="rmsprop", lr=5e-5, betas=[0.5, 0.999], n_critic=5, critic_norm="batch", **_REPORT_CRITIC),
+    "wgan-gp": dict(optimizer="adam", lr=1e-4, betas=[0.0, 0.9], n_critic=5, critic_norm="layer", **_REPORT_CRITIC),
+    "hinge": dict(optimizer="adam", lr=2e-4, betas=[0.0, 0.9], n_critic=2, critic_norm="none", critic="projection",
+                  spectral_norm=True),
 }
 IMAGE_SIZE = 64
 
@@ -24,10 +29,13 @@ class GANConfig:
     """Fields shared by both stages. None means 'the objective's default' (OBJECTIVE_DEFAULTS)."""
 
     out: str = "runs/his"
-    objective: str = "wgan-gp"  # gan-cls | wgan | wgan-gp
+    objective: str = "wgan-gp"  # gan-cls | wgan | wgan-gp | hinge
     generator: str = "simple"  # simple (fig 4b) | residual (fig 4a)
+    critic: str | None = None  # concat (fig 4c) | projection (Miyato & Koyama 2018)
     critic_norm: str | None = None  # batch | layer | none
-    spectral_norm: bool = False
+    spectral_norm: bool | None = None
+    diffaugment: str = ""  # DiffAugment policy for the critic's inputs, e.g. "color,translation,cutout"
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of G, used for samples and evaluation
     ngf: int = 64
     ndf: int = 64
     z_dim: int = 100
@@ -83,6 +91,14 @@ class TrainConfig(GANConfig):
     sample_sounds: int = 3  # fixed held-out sounds in the sample grid, one per class in turn
 
 
+def _policy_ok(policy: str) -> bool:
+    try:
+        parse_policy(policy)
+    except ValueError:
+        return False
+    return True
+
+
 def resolve(cfg: GANConfig) -> GANConfig:
     """Fill the objective's defaults and check every field that can be checked without data."""
     if cfg.objective not in OBJECTIVES:
@@ -91,7 +107,11 @@ def resolve(cfg: GANConfig) -> GANConfig:
     cfg = dataclasses.replace(cfg, **filled)
     checks = [
         ("generator", cfg.generator in ("simple", "residual"), "simple | residual"),
+        ("critic", cfg.critic in CRITICS, " | ".join(CRITICS)),
         ("critic_norm", cfg.critic_norm in NORMS, " | ".join(NORMS)),
+        ("critic_norm", not (cfg.critic == "projection" and cfg.critic_norm == "batch"), "layer or none for projection"),
+        ("diffaugment", _policy_ok(cfg.diffaugment), " | ".join(POLICIES) + ", comma-separated, or empty"),
+        ("ema_decay", 0 <= cfg.ema_decay < 1, "in [0, 1)"),
         ("optimizer", cfg.optimizer in ("adam", "rmsprop"), "adam | rmsprop"),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "auto | cpu | cuda"),
         ("betas", len(cfg.betas) == 2, "two numbers"),

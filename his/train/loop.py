@@ -18,14 +18,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 from his.config import config_to_dict, save_config
 from his.distributed import Distributed, setup_distributed
+from his.augment import augmented
 from his.grid import make_grid, save_grid
 from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
-from his.models import Critic, SimpleGenerator, build_generator
+from his.models import Critic, ProjectionCritic, SimpleGenerator, build_critic, build_generator
 from his.train.checkpoint import (
     latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, step_generator, warm_start,
     weights_digest,
@@ -72,13 +74,19 @@ class GAN:
     """
 
     generator: SimpleGenerator
-    critic: Critic
+    critic: Critic | ProjectionCritic
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     generate: Callable  # generator, DDP-wrapped and/or compiled
     criticise: Callable  # critic for the critic loss, DDP-wrapped and/or compiled
     criticise_for_g: Callable  # plain critic (compiled) for the generator loss
     criticise_for_gp: Callable  # DDP critic, eager, for the gradient penalty
+    ema: AveragedModel | None = None  # the moving average of G (Karras et al. 2018; Yazici et al. 2019)
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator that draws samples: the moving average when there is one."""
+        return self.generator if self.ema is None else self.ema.module
 
     def set_lr(self, lr: float) -> None:
         for opt in (self.opt_g, self.opt_d):
@@ -95,11 +103,15 @@ def _optimiser(cfg: GANConfig, params) -> torch.optim.Optimizer:
 def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device) -> GAN:
     torch.manual_seed(cfg.seed)
     generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim).to(device)
-    critic = Critic(cond_dim, cfg.ndf, cfg.proj_dim, cfg.critic_norm, cfg.spectral_norm).to(device)
+    proj_dim = cfg.proj_dim if cfg.critic == "concat" else None  # projection: one linear embedding, as published
+    critic = build_critic(cfg.critic, cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm).to(device)
     if cfg.channels_last:
         generator, critic = generator.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
+    # The EMA averages batch-norm statistics too (use_buffers), so its samples need no statistics of their own.
+    ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+        if cfg.ema_decay > 0 else None
     return GAN(generator, critic, _optimiser(cfg, generator.parameters()), _optimiser(cfg, critic.parameters()),
-               generator, critic, critic, critic)
+               generator, critic, critic, critic, ema)
 
 
 def distribute(gan: GAN, cfg: GANConfig, dd: Distributed) -> None:
@@ -172,9 +184,10 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
         gp_eps = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(device)
         with torch.no_grad(), autocast():
             fake = gan.generate(z, cond).to(real.dtype)  # one input dtype for the critic (no compile re-tracing)
-        with autocast():
-            loss_d, terms_d = critic_loss(cfg.objective, gan.criticise, real, fake, cond, wrong_cond, cfg.alpha,
-                                          cfg.gp_lambda, gp_critic=gan.criticise_for_gp, gp_eps=gp_eps)
+        with autocast():  # DiffAugment on real, fake and mismatched inputs alike; the penalty sees them plain
+            loss_d, terms_d = critic_loss(cfg.objective, augmented(gan.criticise, cfg.diffaugment, rng), real, fake,
+                                          cond, wrong_cond, cfg.alpha, cfg.gp_lambda, gp_critic=gan.criticise_for_gp,
+                                          gp_eps=gp_eps)
         gan.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         if measure and i == n_d - 1:
@@ -187,13 +200,16 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     gan.critic.requires_grad_(False)
     z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
     with autocast():
-        loss_g, terms_g = generator_loss(cfg.objective, gan.criticise_for_g, gan.generate(z, cond), cond)
+        loss_g, terms_g = generator_loss(cfg.objective, augmented(gan.criticise_for_g, cfg.diffaugment, rng),
+                                         gan.generate(z, cond), cond)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.critic.requires_grad_(True)
     if measure:
         grad_norms["generator"] = _grad_norm(gan.generator)
     gan.opt_g.step()
+    if gan.ema is not None:
+        gan.ema.update_parameters(gan.generator)
     return StepResult({**terms_d, **terms_g}, n_d, grad_norms)
 
 
@@ -232,6 +248,8 @@ def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Ca
         gan.critic.load_state_dict(ckpt["critic"])
         gan.opt_g.load_state_dict(ckpt["opt_generator"])
         gan.opt_d.load_state_dict(ckpt["opt_critic"])
+        if gan.ema is not None:
+            gan.ema.load_state_dict(ckpt["generator_ema_state"])
         set_rng_state(ckpt["rng"])
         say(f"resumed from {path} at step {ckpt['step']} (epoch {ckpt['epoch']}, batch {ckpt['position']})")
         return (ckpt["step"], ckpt["epoch"], ckpt["position"]), {}
@@ -277,6 +295,9 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
             "step": step, "epoch": batches.epoch, "position": batches.position, "rng": rng_state(),
             "config": config_to_dict(cfg), "conditional": conditional, "world_size": world,
         }
+        if gan.ema is not None:  # the averaged weights as a plain generator state dict, and the averager's own
+            payload["generator_ema"] = gan.ema.module.state_dict()
+            payload["generator_ema_state"] = gan.ema.state_dict()
         return save_checkpoint(run_dir, step, payload, cfg.keep_checkpoints)
 
     total = cfg.max_steps if cfg.max_steps > 0 else None
@@ -311,7 +332,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
                 torch.cuda.synchronize(device)
             _log_step(writer, step, terms, lr, result, meter.interval(), batches.epoch)
         if dd.is_main and (step % cfg.sample_every == 0 or step == 1):
-            _log_samples(writer, gan.generator, data, sample_noise, device, run_dir, step)
+            _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
         if dd.is_main and step % cfg.hist_every == 0:
             for name, model in (("generator", gan.generator), ("critic", gan.critic)):
                 for k, p in model.named_parameters():
@@ -328,16 +349,16 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
         torch.cuda.synchronize(device)
     throughput = meter.run_figures(step - first_step - 1)
     if world > 1:  # batch-norm running statistics are per rank between DDP's broadcasts: end with rank 0's
-        for buffer in [*gan.generator.buffers(), *gan.critic.buffers()]:
+        for buffer in [*gan.generator.buffers(), *gan.critic.buffers(), *(gan.ema.buffers() if gan.ema else [])]:
             dist.broadcast(buffer, 0)
     if ckpt_path is None or not ckpt_path.name.endswith(f"{step:08d}.pt"):
         ckpt_path = checkpoint()
     last_terms = {k: float(v) for k, v in terms.items()}
     summary = {"status": status, "step": step, "epoch": batches.epoch, "run_dir": str(run_dir),
                "checkpoint": str(ckpt_path) if ckpt_path else None, "final": last_terms,
-               **throughput, "weights_sha256": weights_digest(gan.generator, gan.critic)}
+               **throughput, "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
     if dd.is_main:
-        _log_samples(writer, gan.generator, data, sample_noise, device, run_dir, step)
+        _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
         hparams = {k: v for k, v in config_to_dict(cfg).items() if isinstance(v, (int, float, str, bool))}
         writer.add_hparams(hparams, {f"final/{k}": v for k, v in last_terms.items()}, run_name=".")
         writer.close()
