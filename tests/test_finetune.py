@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from his.audio.finetune import FinetuneConfig, augment, load_checkpoint, run, validation_mask
+from his.audio.finetune import FinetuneConfig, augment, load_checkpoint, run
+from his.data.dataset import validation_mask
 
 SAMPLE_RATE = 22050
 

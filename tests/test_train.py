@@ -41,6 +41,7 @@ def make_clip_set(root: Path, per_class: int = 12, test_per_class: int = 2, seed
     with h5py.File(root / "index.h5", "w") as f:
         f["frame64"], f["frame88"] = frames(64, 64), frames(66, 88)
         f["label"], f["split"] = labels, split
+        f["group"] = np.tile(np.arange(per_class) // 2 + 1, len(CLASSES)).astype(np.int16)  # 2 clips a group
         f.attrs["classes"], f.attrs["kind"] = list(CLASSES), "clips"
     (root / "features" / FEATURE_KEY).mkdir(parents=True, exist_ok=True)
     centres = rng.normal(0, 1, (len(CLASSES), D))
@@ -388,3 +389,34 @@ def test_bad_modern_options_are_named_before_any_work(clips, tmp_path):
         run(tiny(clips, tmp_path, ema_decay=1.5))
     with pytest.raises(ConfigError, match="critic='resnet'"):
         run(tiny(clips, tmp_path, critic="resnet"))
+
+
+def test_validation_curve_and_best_checkpoint_use_held_out_training_groups(clips, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from his.train.checkpoint import chosen_checkpoint
+    from his.train.data import load_clips
+
+    cfg = tiny(clips, tmp_path, max_steps=5, val_fraction=0.2, val_every=2)
+    data = load_clips(cfg)
+    with h5py.File(clips / "index.h5") as f:
+        train_groups = f["group"][f["split"][()] == 0]
+    assert len(data.frames) + len(data.validation.labels) == len(train_groups)  # val rows are not trained on
+    assert len(data.frames) < len(train_groups) and len(data.validation.labels) > 0
+
+    summary = run(cfg)
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    curve = [(e.step, e.value) for e in events.Scalars("val/conditional_accuracy")]
+    assert [s for s, _ in curve] == [2, 4, 5] and all(0 <= v <= 1 for _, v in curve)
+    best_step, best_acc = max(curve, key=lambda sv: (sv[1], -sv[0]))  # the first of the best
+    assert summary["best"]["step"] == best_step and summary["best"]["val_accuracy"] == pytest.approx(best_acc)
+    path, ckpt = chosen_checkpoint(tmp_path)
+    assert path.name == "best.pt" and ckpt["step"] == best_step
+
+
+def test_validation_needs_video_groups(tmp_path):
+    clips = make_clip_set(tmp_path / "clips")
+    with h5py.File(clips / "index.h5", "a") as f:
+        del f["group"]
+    with pytest.raises(ConfigError, match="val_fraction=0.2 needs the clips' video groups"):
+        run(tiny(clips, tmp_path / "run", val_fraction=0.2))

@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from his.audio.soundnet import LAYER_CHANNELS, LAYERS, SoundNet8, load_pretrained
-from his.data.dataset import load_split, read_classes
+from his.data.dataset import load_split, read_classes, validation_mask
 from his.config import config_from_argv, config_to_dict, save_config
 from his.distributed import setup_distributed
 from his.io import atomic_path, write_json
@@ -83,21 +83,6 @@ class SoundNetClassifier(nn.Module):
             # A floor, so that channels nearly constant on the training clips do not blow up under augmentation.
             std = features.std(0)
             self.feature_std.copy_(std.clamp_min(0.1 * float(std.mean()) + 1e-6))
-
-
-def validation_mask(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """True for the clips of a random `fraction` of each class's video groups (at least one group per class
-    that has two or more), so no recording is in both the training and the validation part."""
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        class_groups = np.unique(groups[labels == label])
-        if len(class_groups) < 2:
-            continue
-        n_val = min(len(class_groups) - 1, max(1, round(fraction * len(class_groups))))
-        chosen = rng.choice(class_groups, n_val, replace=False)
-        mask |= (labels == label) & np.isin(groups, chosen)
-    return mask
 
 
 def augment(waveform: torch.Tensor, max_shift: float, gain_db: float, generator: torch.Generator) -> torch.Tensor:

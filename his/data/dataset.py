@@ -117,3 +117,18 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         # an open h5py handle cannot be pickled to spawned workers; each reopens its own
         return {**self.__dict__, "_file": None, "_file_pid": None}
+
+
+def validation_mask(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for the clips of a random `fraction` of each class's video groups (at least one group per class
+    that has two or more), so no recording is in both the training and the validation part."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        class_groups = np.unique(groups[labels == label])
+        if len(class_groups) < 2:
+            continue
+        n_val = min(len(class_groups) - 1, max(1, round(fraction * len(class_groups))))
+        chosen = rng.choice(class_groups, n_val, replace=False)
+        mask |= (labels == label) & np.isin(groups, chosen)
+    return mask

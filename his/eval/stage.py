@@ -25,10 +25,11 @@ import torch
 
 from his.config import ConfigError, load_config
 from his.data.dataset import load_features, load_split, read_classes
+from his.distributed import choose_device
 from his.eval.classifier import NetTraining
 from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
 from his.models import build_generator
-from his.train.checkpoint import latest_checkpoint, load_checkpoint, sampling_weights
+from his.train.checkpoint import chosen_checkpoint, load_checkpoint, sampling_weights
 from his.train.config import IMAGE_SIZE, TrainConfig
 
 
@@ -114,14 +115,15 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
 def load_run_generator(run_dir: Path, checkpoint: str,
                        device: torch.device) -> tuple[TrainConfig, Path, dict[str, Any], torch.nn.Module]:
     """A his.train run's config, checkpoint path and contents, and its generator in eval mode on `device`:
-    from the checkpoint file `checkpoint` when given, else from the run's newest readable checkpoint."""
+    from the checkpoint file `checkpoint` when given, else the run's best on validation (checkpoints/best.pt,
+    when it validated) or its newest readable checkpoint. The test split never chooses the checkpoint."""
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"config: run={str(run_dir)!r}: no config.toml there (not a his.train run directory)")
     train_cfg = load_config(TrainConfig, run_dir / "config.toml")
     if checkpoint:
         checkpoint_path, state = Path(checkpoint), load_checkpoint(checkpoint)
     else:
-        found = latest_checkpoint(run_dir)
+        found = chosen_checkpoint(run_dir)
         if found is None:
             raise ConfigError(f"config: run={str(run_dir)!r}: no readable checkpoint in {run_dir / 'checkpoints'}")
         checkpoint_path, state = found
@@ -134,8 +136,7 @@ def load_run_generator(run_dir: Path, checkpoint: str,
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate the run's checkpoint; returns the overall numbers and the paths written."""
     run_dir = Path(cfg.run)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = choose_device(cfg.device)
     train_cfg, checkpoint_path, checkpoint, generator = load_run_generator(run_dir, cfg.checkpoint, device)
 
     data = load_eval_data(train_cfg, cfg)

@@ -19,6 +19,8 @@ from torch import nn
 
 from his.io import atomic_path
 
+BEST = "best.pt"
+
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The generator for all randomness of one training step: the same on resume, distinct per rank."""
@@ -58,6 +60,26 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep]:
         old.unlink()
     return path
+
+
+def save_best(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """checkpoints/best.pt: the state with the best validation accuracy so far (kept apart from the rotation)."""
+    path = run_dir / "checkpoints" / BEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def chosen_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """What evaluation and generation use: the best on validation when the run kept one, else the newest."""
+    best = Path(run_dir, "checkpoints", BEST)
+    if best.is_file():
+        try:
+            return best, load_checkpoint(best)
+        except Exception as e:
+            print(f"checkpoint {best}: unreadable ({type(e).__name__}); using the newest instead")
+    return latest_checkpoint(run_dir)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -89,6 +89,10 @@ class TrainConfig(GANConfig):
     cond_dim: int = 1024
     init_from: str = ""  # checkpoint to warm-start from (e.g. a pretrain run's); matching tensors only
     sample_sounds: int = 3  # fixed held-out sounds in the sample grid, one per class in turn
+    val_fraction: float = 0.0  # > 0: hold out this fraction of each class's train video groups for validation
+    val_seed: int = 0  # which groups (fine-tuning's default seed, so the same groups are held out there)
+    val_every: int = 100  # generator steps between validation accuracies (TensorBoard val/, checkpoints/best.pt)
+    val_images: int = 4  # images per validation sound
 
 
 def _policy_ok(policy: str) -> bool:
@@ -124,7 +128,12 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("stop_signals", all(hasattr(signal, s) for s in cfg.stop_signals), "names like SIGTERM"),
     ]
     if isinstance(cfg, TrainConfig):
-        checks.append(("frames", cfg.frames in ("frame64", "frame88"), "frame64 | frame88"))
+        checks += [
+            ("frames", cfg.frames in ("frame64", "frame88"), "frame64 | frame88"),
+            ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"),
+            ("val_every", cfg.val_every > 0, "> 0"),
+            ("val_images", cfg.val_images > 0, "> 0"),
+        ]
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"config: {name}={getattr(cfg, name)!r} must be {want}")

@@ -16,8 +16,18 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from his.config import ConfigError
-from his.data.dataset import load_features, load_split
+from his.data.dataset import load_features, load_split, validation_mask
 from his.train.config import IMAGE_SIZE, PretrainConfig, TrainConfig
+
+
+@dataclass
+class Validation:
+    """Held-out video groups of the train split: never trained on, used to choose the checkpoint."""
+
+    cond: np.ndarray  # float32 (V, D)
+    labels: np.ndarray  # int (V,)
+    train_frames: np.ndarray  # uint8 (N, 64, 64, 3): the training rows' 64x64 frames, for the frame classifier
+    n_classes: int
 
 
 @dataclass
@@ -27,6 +37,7 @@ class TrainingData:
     labels: np.ndarray | None  # int (N,)
     sample_frames: np.ndarray | None = None  # held-out rows shown in the sample grid
     sample_cond: np.ndarray | None = None
+    validation: Validation | None = None
 
 
 def _h5(path: str, name: str, field_name: str) -> Path:
@@ -54,20 +65,30 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
         if cfg.frames not in f:
             raise ConfigError(f"config: frames={cfg.frames!r} is not a dataset of {index}")
         n, (n_feat, dim) = len(f["label"]), g["feature"].shape
+        has_groups, n_classes = "group" in f, len(f.attrs["classes"])
     if dim != cfg.cond_dim:
         raise ConfigError(f"config: cond_dim={cfg.cond_dim} but {feature_file} has features of size {dim}")
     if n_feat != n:
         raise ConfigError(f"config: features={cfg.features!r} has {n_feat} rows, the clips have {n}")
-    train = load_split(index, "train", [cfg.frames, "label"])
+    if cfg.val_fraction > 0 and not has_groups:
+        raise ConfigError(f"config: val_fraction={cfg.val_fraction} needs the clips' video groups; {index} has no 'group'")
+    fields = list(dict.fromkeys([cfg.frames, "label"] + (["frame64", "group"] if cfg.val_fraction > 0 else [])))
+    train = load_split(index, "train", fields)
     test = load_split(index, "test", [cfg.frames, "label"])
+    cond = load_features(features_dir, "train")
+    validation = None
+    if cfg.val_fraction > 0:  # the groups fine-tuning held out too (same function, fraction and seed by default)
+        is_val = validation_mask(train["label"], train["group"], cfg.val_fraction, cfg.val_seed)
+        validation = Validation(cond[is_val], train["label"][is_val].astype(np.int64), train["frame64"][~is_val],
+                                n_classes)
+        train, cond = {k: v[~is_val] for k, v in train.items()}, cond[~is_val]
     labels = train["label"].astype(np.int64)
     if len(np.unique(labels)) < 2 and (cfg.objective == "gan-cls" or cfg.alpha > 0):
         raise ConfigError(f"config: objective={cfg.objective!r} needs sounds of another class; the train split has one class")
     held_out, held_cond = (test, load_features(features_dir, "test")) if len(test["label"]) else (train, None)
-    cond = load_features(features_dir, "train")
     rows = _one_per_class(held_out["label"].astype(np.int64), cfg.sample_sounds)
     return TrainingData(train[cfg.frames], cond, labels, held_out[cfg.frames][rows],
-                        (cond if held_cond is None else held_cond)[rows])
+                        (cond if held_cond is None else held_cond)[rows], validation)
 
 
 def _one_per_class(labels: np.ndarray, n: int) -> np.ndarray:

@@ -29,11 +29,12 @@ from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
 from his.models import Critic, ProjectionCritic, SimpleGenerator, build_critic, build_generator
 from his.train.checkpoint import (
-    latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, step_generator, warm_start,
-    weights_digest,
+    latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state, step_generator,
+    warm_start, weights_digest,
 )
 from his.train.config import GANConfig, TrainConfig, resolve
 from his.train.data import Batches, TrainingData, WrongSounds, centre_crop, load_clips, load_images, make_batch
+from his.train.validation import ValidationAccuracy
 
 
 class NonFiniteLoss(RuntimeError):
@@ -238,9 +239,10 @@ def run(cfg: GANConfig, should_stop: Callable[[], bool] | None = None) -> dict[s
         dd.close()
 
 
-def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Callable) -> tuple[tuple[int, int, int], dict]:
+def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool,
+             say: Callable) -> tuple[tuple[int, int, int], dict, dict]:
     """Resume from the newest readable checkpoint, else warm-start from cfg.init_from; ((step, epoch, position),
-    the warm-start report)."""
+    the warm-start report, the best validation so far)."""
     resumed = latest_checkpoint(run_dir) if cfg.resume else None
     if resumed is not None:
         path, ckpt = resumed
@@ -252,7 +254,7 @@ def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Ca
             gan.ema.load_state_dict(ckpt["generator_ema_state"])
         set_rng_state(ckpt["rng"])
         say(f"resumed from {path} at step {ckpt['step']} (epoch {ckpt['epoch']}, batch {ckpt['position']})")
-        return (ckpt["step"], ckpt["epoch"], ckpt["position"]), {}
+        return (ckpt["step"], ckpt["epoch"], ckpt["position"]), {}, ckpt.get("best", {})
     report: dict[str, dict[str, list[str]]] = {}
     if conditional and cfg.init_from:
         pretrained = load_checkpoint(cfg.init_from)
@@ -261,7 +263,7 @@ def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Ca
             report[name] = {"loaded": loaded, "fresh": fresh}
             say(f"warm start {name} from {cfg.init_from}: loaded {len(loaded)} tensors: {', '.join(loaded)}")
             say(f"warm start {name}: {len(fresh)} start fresh: {', '.join(fresh)}")
-    return (0, 0, 0), report
+    return (0, 0, 0), report, {}
 
 
 def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopRequest) -> dict[str, Any]:
@@ -270,7 +272,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     say = print if dd.is_main else (lambda *a, **k: None)
 
     gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device)
-    (step, epoch, position), warm_report = _restore(cfg, gan, run_dir, conditional, say)
+    (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say)
     distribute(gan, cfg, dd)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # noqa: E731
     batches = Batches(len(data.frames), cfg.batch_size, world, dd.rank, cfg.seed, epoch, position)
@@ -286,9 +288,12 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
             writer.add_text(f"warm_start/{name}", "\n\n".join(f"**{k}**: {', '.join(v) or '-'}" for k, v in lists.items()), 0)
     sample_noise = torch.randn(16 if conditional else 64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
-    def checkpoint() -> Path | None:
-        if not dd.is_main:
-            return None
+    validation = None
+    if dd.is_main and data.validation is not None:
+        cache = Path(cfg.clips) / "eval-cache" if Path(cfg.clips).is_dir() else Path(cfg.clips).parent / "eval-cache"
+        validation = ValidationAccuracy(data.validation, data.labels, cfg.z_dim, cfg.val_images, cfg.seed, device, cache)
+
+    def state() -> dict[str, Any]:
         payload = {
             "generator": gan.generator.state_dict(), "critic": gan.critic.state_dict(),
             "opt_generator": gan.opt_g.state_dict(), "opt_critic": gan.opt_d.state_dict(),
@@ -298,7 +303,19 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
         if gan.ema is not None:  # the averaged weights as a plain generator state dict, and the averager's own
             payload["generator_ema"] = gan.ema.module.state_dict()
             payload["generator_ema_state"] = gan.ema.state_dict()
-        return save_checkpoint(run_dir, step, payload, cfg.keep_checkpoints)
+        if best:
+            payload["best"] = dict(best)
+        return payload
+
+    def checkpoint() -> Path | None:
+        return save_checkpoint(run_dir, step, state(), cfg.keep_checkpoints) if dd.is_main else None
+
+    def validate() -> None:
+        accuracy = validation(gan.sampler)
+        writer.add_scalar("val/conditional_accuracy", accuracy, step)
+        if not best or accuracy > best["val_accuracy"]:
+            best.update(step=step, val_accuracy=accuracy)
+            best["checkpoint"] = str(save_best(run_dir, state()))
 
     total = cfg.max_steps if cfg.max_steps > 0 else None
     status, terms, ckpt_path, first_step = "completed", {}, None, step
@@ -333,6 +350,8 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
             _log_step(writer, step, terms, lr, result, meter.interval(), batches.epoch)
         if dd.is_main and (step % cfg.sample_every == 0 or step == 1):
             _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
+        if validation is not None and step % cfg.val_every == 0:
+            validate()
         if dd.is_main and step % cfg.hist_every == 0:
             for name, model in (("generator", gan.generator), ("critic", gan.critic)):
                 for k, p in model.named_parameters():
@@ -351,12 +370,14 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     if world > 1:  # batch-norm running statistics are per rank between DDP's broadcasts: end with rank 0's
         for buffer in [*gan.generator.buffers(), *gan.critic.buffers(), *(gan.ema.buffers() if gan.ema else [])]:
             dist.broadcast(buffer, 0)
+    if validation is not None and status == "completed" and step % cfg.val_every != 0:
+        validate()  # the final state competes too
     if ckpt_path is None or not ckpt_path.name.endswith(f"{step:08d}.pt"):
         ckpt_path = checkpoint()
     last_terms = {k: float(v) for k, v in terms.items()}
     summary = {"status": status, "step": step, "epoch": batches.epoch, "run_dir": str(run_dir),
                "checkpoint": str(ckpt_path) if ckpt_path else None, "final": last_terms,
-               **throughput, "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
+               **({"best": best} if best else {}), **throughput, "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
     if dd.is_main:
         _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
         hparams = {k: v for k, v in config_to_dict(cfg).items() if isinstance(v, (int, float, str, bool))}

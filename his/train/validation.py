@@ -1,0 +1,38 @@
+"""Conditional accuracy on validation sounds while training: the curve that shows a late collapse (Chen et al.
+2017 saw accuracy fall from 87% to 10-30% after epoch 35), and the checkpoint chosen on it.
+
+The validation sounds are whole video groups of the train split that the GAN never sees (`val_fraction`); a
+frame classifier trained on the remaining training frames reads the class off `val_images` images per sound.
+The test split is never looked at. The classifier is his.eval's, cached beside the clip set.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from his.eval.classifier import NetTraining, run_net, train_classifier
+from his.eval.evaluate import generate_samples
+from his.train.data import Validation
+
+
+class ValidationAccuracy:
+    def __init__(self, validation: Validation, train_labels: np.ndarray, z_dim: int, images_per_sound: int, seed: int,
+                 device: torch.device, cache_dir: str | os.PathLike | None) -> None:
+        self.validation, self.z_dim, self.k, self.seed, self.device = validation, z_dim, images_per_sound, seed, device
+        self.classifier, _ = train_classifier(validation.train_frames, train_labels, validation.n_classes,
+                                              NetTraining(), cache_dir, device)
+
+    @torch.no_grad()
+    def __call__(self, generator: nn.Module) -> float:
+        """The fraction of images, over all validation sounds, that the classifier reads as their sound's class."""
+        was_training = generator.training
+        generator.eval()
+        samples = generate_samples(lambda cond, z: generator(z, cond), self.validation.cond, self.k, self.z_dim,
+                                   self.seed, device=self.device)
+        generator.train(was_training)
+        logits, _ = run_net(self.classifier, samples.reshape(-1, *samples.shape[2:]), device=self.device)
+        return float((logits.argmax(1) == np.repeat(self.validation.labels, self.k)).mean())
