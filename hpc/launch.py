@@ -24,21 +24,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import h5py
+import ray
 import submitit
 import tomli_w
 
+import his.audio.finetune
+import his.eval.stage
+import his.train
+import hpc.features
 from his.audio.features import features_dir_for, is_complete
 from his.audio.finetune import FinetuneConfig
 from his.config import ConfigError, config_to_dict, load_config
@@ -46,10 +52,7 @@ from his.data.shards import sha256_file
 from his.eval.stage import EvalConfig
 from his.train import PretrainConfig, TrainConfig, latest_checkpoint
 from hpc.features import PoolFeaturesConfig
-
-STAGES = ("finetune", "features", "pretrain", "train", "evaluate")
-DDP_STAGES = ("finetune", "pretrain", "train")
-FINETUNED = "soundnet/soundnet_finetuned.pt"
+from hpc.slurm import Resources, SlurmError, fit_to_partition, parse_time
 
 
 class LaunchError(RuntimeError):
@@ -67,22 +70,51 @@ class PipelineConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 
-def wire(cfg: PipelineConfig, run_dir: Path) -> PipelineConfig:
-    """Set every path that joins two stages from the run directory and the data sets."""
-    run_dir = run_dir.resolve()
-    clips = str(Path(cfg.clips).resolve())
-    images = str(Path(cfg.images).resolve()) if cfg.images else ""
-    r = dataclasses.replace
-    return r(
-        cfg,
-        clips=clips,
-        images=images,
-        finetune=r(cfg.finetune, data=clips, out=str(run_dir / "soundnet")),
-        features=r(cfg.features, data=clips, checkpoint=str(run_dir / FINETUNED)),
-        pretrain=r(cfg.pretrain, images=images, out=str(run_dir / "pretrain")),
-        train=r(cfg.train, clips=clips, out=str(run_dir / "train")),
-        evaluate=r(cfg.evaluate, run=str(run_dir / "train"), out=str(run_dir / "eval")),
-    )
+# The data sets of PipelineConfig (directories holding index.h5), and what to say when one is unset.
+DATA_SETS = {
+    "clips": "clip set (set clips=DIR, made by python -m hpc.preprocess)",
+    "images": "image set (set images=DIR, made by python -m his.data.images)",
+}
+
+
+@dataclass(frozen=True)
+class Input:
+    """A path a stage reads: from a data set (`source` one of DATA_SETS) or from the stage `source`, either
+    its file `output` or, without one, its out dir (then all of that stage's outputs must be there)."""
+
+    field: str  # of the stage's config; "" when the stage finds it on its own (evaluate: clips via the train run)
+    source: str
+    output: str = ""
+    at_start: bool = False  # where it is, is known only once `source` has run: the stage finds it as it starts
+    required: bool = True  # False: taken when there (a warm start), never checked
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table.
+
+    name     also the PipelineConfig field that holds the stage's config
+    run      the stage itself: its config -> a summary dict
+    layout   "ddp": a rank per GPU (per CPU slot) on every node; "node": one task with one node's GPUs;
+             "task": one task with one GPU
+    inputs   the paths it reads
+    out      its config's `out`, under the run dir; "" when it writes elsewhere
+    outputs  files under `out` that say it is done (a summary.json must also say completed)
+    done     the done check instead of `outputs`
+    at_start its config completed with the inputs found as it starts
+    """
+
+    name: str
+    run: Callable[[Any], dict]
+    layout: Literal["ddp", "node", "task"]
+    inputs: tuple[Input, ...]
+    out: str = ""
+    outputs: tuple[str, ...] = ()
+    done: Callable[[PipelineConfig], bool] | None = None
+    at_start: Callable[[PipelineConfig], Any] | None = None
+
+    def config(self, cfg: PipelineConfig) -> Any:
+        return getattr(cfg, self.name)
 
 
 def features_dir(cfg: PipelineConfig) -> Path | None:
@@ -93,26 +125,90 @@ def features_dir(cfg: PipelineConfig) -> Path | None:
     return features_dir_for(cfg.clips, sha256_file(checkpoint))
 
 
+def features_done(cfg: PipelineConfig) -> bool:
+    found = features_dir(cfg)
+    if found is None:
+        return False
+    with h5py.File(Path(cfg.clips) / "index.h5", "r") as f:
+        rows = len(f["label"])
+    return is_complete(found, rows)
+
+
+def train_at_start(cfg: PipelineConfig) -> TrainConfig:
+    train = cfg.train
+    if not train.features:
+        found = features_dir(cfg)
+        if found is None:
+            raise LaunchError(f"train: no features yet (expected the checkpoint {cfg.features.checkpoint})")
+        train = dataclasses.replace(train, features=str(found))
+    if not train.init_from and cfg.images:
+        latest = latest_checkpoint(cfg.pretrain.out)
+        if latest is not None:
+            train = dataclasses.replace(train, init_from=str(latest[0]))
+    return train
+
+
+def run_features_in_allocation(cfg: PoolFeaturesConfig) -> dict:
+    """The Ray actor pool on a Ray started inside this job (its CPUs, its GPUs), shut down at the end; or on
+    an existing cluster when `features.address` is set."""
+    if cfg.address:
+        return hpc.features.run(cfg)
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1))
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        return hpc.features.run(dataclasses.replace(cfg, actors=max(1, min(cfg.actors, cpus))))
+    finally:
+        ray.shutdown()
+
+
+FINETUNED = "soundnet_finetuned.pt"
+
+# In chain order: every stage comes after the stages it reads from.
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("finetune", his.audio.finetune.run, "ddp",
+          inputs=(Input("data", "clips"),),
+          out="soundnet", outputs=("summary.json", FINETUNED)),
+    Stage("features", run_features_in_allocation, "node",  # writes CLIPS/features/<checkpoint sha>
+          inputs=(Input("data", "clips"), Input("checkpoint", "finetune", FINETUNED)),
+          done=features_done),
+    Stage("pretrain", his.train.run, "ddp",
+          inputs=(Input("images", "images"),),
+          out="pretrain", outputs=("summary.json",)),
+    Stage("train", his.train.run, "ddp",
+          inputs=(Input("clips", "clips"), Input("features", "features", at_start=True),
+                  Input("init_from", "pretrain", at_start=True, required=False)),
+          out="train", outputs=("summary.json",), at_start=train_at_start),
+    Stage("evaluate", his.eval.stage.run, "task",
+          inputs=(Input("", "clips"), Input("run", "train")),
+          out="eval", outputs=("results.json",)),
+)
+STAGES = tuple(s.name for s in STAGE_TABLE)
+_ROW = {s.name: s for s in STAGE_TABLE}
+
+
+def wire(cfg: PipelineConfig, run_dir: Path) -> PipelineConfig:
+    """Set every path that joins two stages from the run directory and the data sets."""
+    run_dir = run_dir.resolve()
+    images = str(Path(cfg.images).resolve()) if cfg.images else ""
+    cfg = dataclasses.replace(cfg, clips=str(Path(cfg.clips).resolve()), images=images)
+    stages = {}
+    for row in STAGE_TABLE:
+        paths = {"out": str(run_dir / row.out)} if row.out else {}
+        for i in row.inputs:
+            if i.field and not i.at_start:
+                paths[i.field] = (getattr(cfg, i.source) if i.source in DATA_SETS
+                                  else str(run_dir / _ROW[i.source].out / i.output))
+        stages[row.name] = dataclasses.replace(row.config(cfg), **paths)
+    return dataclasses.replace(cfg, **stages)
+
+
 def resolve_at_start(stage: str, cfg: PipelineConfig) -> Any:
     """The stage's own config, with what is only known once the stages before it have run."""
-    if stage == "train":
-        train = cfg.train
-        if not train.features:
-            found = features_dir(cfg)
-            if found is None:
-                raise LaunchError(f"train: no features yet (expected the checkpoint {cfg.features.checkpoint})")
-            train = dataclasses.replace(train, features=str(found))
-        if not train.init_from and cfg.images:
-            latest = latest_checkpoint(cfg.pretrain.out)
-            if latest is not None:
-                train = dataclasses.replace(train, init_from=str(latest[0]))
-        return train
-    return getattr(cfg, stage)
+    row = _ROW[stage]
+    return row.at_start(cfg) if row.at_start else row.config(cfg)
 
 
 def _summary_completed(path: Path) -> bool:
-    import json
-
     try:
         return json.loads(path.read_text()).get("status", "completed") == "completed"
     except (OSError, ValueError):
@@ -121,38 +217,47 @@ def _summary_completed(path: Path) -> bool:
 
 def stage_done(stage: str, cfg: PipelineConfig) -> bool:
     """Whether the stage's outputs exist and are valid, so a chain can skip it."""
-    if stage == "finetune":
-        return _summary_completed(Path(cfg.finetune.out) / "summary.json") and Path(cfg.features.checkpoint).exists()
-    if stage == "features":
-        found = features_dir(cfg)
-        if found is None:
-            return False
-        import h5py
+    row = _ROW[stage]
+    if row.done:
+        return row.done(cfg)
+    out = Path(row.config(cfg).out)
+    return all(_summary_completed(out / name) if name == "summary.json" else (out / name).exists()
+               for name in row.outputs)
 
-        with h5py.File(Path(cfg.clips) / "index.h5", "r") as f:
-            rows = len(f["label"])
-        return is_complete(found, rows)
-    if stage in ("pretrain", "train"):
-        return _summary_completed(Path(getattr(cfg, stage).out) / "summary.json")
-    return (Path(cfg.evaluate.out) / "results.json").exists()
+
+def _needs(row: Stage, cfg: PipelineConfig) -> Iterator[tuple[str, Path | None]]:
+    """(where it comes from: a data set, a stage, or "" when the user named it; the path that must exist, None
+    for an unset data set) for each input the stage needs before it starts."""
+    stage_cfg = row.config(cfg)
+    for i in row.inputs:
+        if not i.required:
+            continue
+        given = getattr(stage_cfg, i.field) if i.field else ""
+        if i.source in DATA_SETS:
+            data = getattr(cfg, i.source)
+            yield i.source, Path(data) / "index.h5" if data else None
+        elif i.at_start and given:
+            yield "", Path(given)
+        elif i.at_start:
+            yield from _needs(_ROW[i.source], cfg)  # its place follows from those (features: the checkpoint's hash)
+        else:
+            for name in [""] if i.output else _ROW[i.source].outputs:
+                yield i.source, Path(given) / name
+
+
+def full_chain(cfg: PipelineConfig) -> list[str]:
+    """The stages a launch without STAGE runs: all but those that read an unset data set (no images: no pretrain)."""
+    return [s.name for s in STAGE_TABLE if all(getattr(cfg, i.source) for i in s.inputs if i.source in DATA_SETS)]
 
 
 def stage_inputs_missing(stage: str, cfg: PipelineConfig, chain: list[str]) -> str | None:
     """What the stage needs that neither exists nor is made earlier in this chain, as one line, or None."""
     before = chain[: chain.index(stage)]
-    needs = {
-        "finetune": [(Path(cfg.clips) / "index.h5", None)],
-        "features": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.features.checkpoint), "finetune")],
-        "pretrain": [(Path(cfg.images) / "index.h5" if cfg.images else None, None)],
-        "train": [(Path(cfg.clips) / "index.h5", None),
-                  (Path(cfg.train.features), None) if cfg.train.features else (Path(cfg.features.checkpoint), "finetune")],
-        "evaluate": [(Path(cfg.clips) / "index.h5", None), (Path(cfg.train.out) / "summary.json", "train")],
-    }[stage]
-    for path, made_by in needs:
+    for source, path in _needs(_ROW[stage], cfg):
         if path is None:
-            return f"{stage}: no image set (set images=DIR, made by python -m his.data.images)"
-        if not path.exists() and made_by not in before:
-            hint = f" (made by stage {made_by})" if made_by else ""
+            return f"{stage}: no {DATA_SETS[source]}"
+        if not path.exists() and source not in before:
+            hint = f" (made by stage {source})" if source in _ROW else ""
             return f"{stage}: missing input {path}{hint}"
     return None
 
@@ -176,7 +281,7 @@ class StageJob(submitit.helpers.Checkpointable):
         stage_cfg = resolve_at_start(self.stage, self.cfg)
         if env.global_rank == 0:
             self.log_requeues(stage_cfg, env)
-        result = run_stage(self.stage, stage_cfg)
+        result = _ROW[self.stage].run(stage_cfg)
         if result.get("status") == "interrupted" and env.global_rank == 0:
             # The stage caught the preemption/time-limit signal and checkpointed at a step boundary; now let
             # submitit's own handler call checkpoint() and requeue this job.
@@ -199,85 +304,7 @@ class StageJob(submitit.helpers.Checkpointable):
                 writer.add_scalar("launch/requeues", restarts, restarts)
 
 
-def run_stage(stage: str, stage_cfg: Any) -> dict:
-    if stage == "features":
-        return run_features_in_allocation(stage_cfg)
-    if stage == "finetune":
-        from his.audio.finetune import run
-    elif stage in ("pretrain", "train"):
-        from his.train import run
-    else:
-        from his.eval.stage import run
-    return run(stage_cfg)
-
-
-def run_features_in_allocation(cfg: PoolFeaturesConfig) -> dict:
-    """The Ray actor pool on a Ray started inside this job (its CPUs, its GPUs), shut down at the end; or on
-    an existing cluster when `features.address` is set."""
-    import ray
-
-    from hpc.features import run
-
-    if cfg.address:
-        return run(cfg)
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        return run(dataclasses.replace(cfg, actors=max(1, min(cfg.actors, cpus))))
-    finally:
-        ray.shutdown()
-
-
 # ------------------------------------------------------------------------------------------ requests
-
-
-@dataclass
-class Resources:
-    partition: str | None
-    nodes: int
-    gpus_per_node: int
-    tasks_per_node: int
-    cpus_per_task: int
-    mem: str | None
-    time_min: int
-    account: str | None
-    qos: str | None
-    constraint: str | None
-
-
-def parse_time(text: str) -> int:
-    """Slurm-style [D-]HH:MM:SS, HH:MM or minutes -> minutes (rounded up)."""
-    days, _, rest = text.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    if len(parts) == 1:
-        minutes = parts[0]
-    else:
-        parts = [0] * (3 - len(parts)) + parts
-        minutes = parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
-    return minutes + int(days or 0) * 24 * 60
-
-
-def sinfo(*fields: str, partition: str | None = None) -> list[list[str]]:
-    args = ["sinfo", "-h", "-o", "|".join(fields)] + (["-p", partition] if partition else [])
-    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise LaunchError(f"sinfo failed: {out.stderr.strip() or out.returncode} (is SLURM_CONF right?)")
-    return [line.split("|") for line in out.stdout.splitlines() if line.strip()]
-
-
-def check_partition(res: Resources) -> int:
-    """Validate partition and node count against sinfo; return the GPUs per node the partition offers."""
-    names = sorted({row[0].rstrip("*") for row in sinfo("%P")})
-    if res.partition is None:
-        return 0
-    if res.partition not in names:
-        raise LaunchError(f"unknown partition {res.partition!r} (sinfo lists: {', '.join(names)})")
-    rows = sinfo("%D", "%G", partition=res.partition)
-    nodes = sum(int(row[0]) for row in rows)
-    if res.nodes > nodes:
-        raise LaunchError(f"--nodes {res.nodes}: partition {res.partition!r} has only {nodes} node(s)")
-    gpus = [int(m.group(1)) for row in rows for m in [re.search(r"gpu(?::[^:(,]+)?:(\d+)", row[1])] if m]
-    return min(gpus) if gpus else 0
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -291,7 +318,8 @@ def check_run_dir(run_dir: Path) -> None:
 
 
 def make_executor(folder: Path, cluster: str, stage: str, res: Resources) -> submitit.AutoExecutor:
-    ddp = stage in DDP_STAGES
+    layout = _ROW[stage].layout
+    ddp = layout == "ddp"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
     params: dict[str, Any] = dict(
         name=f"his-{stage}",
@@ -302,7 +330,7 @@ def make_executor(folder: Path, cluster: str, stage: str, res: Resources) -> sub
         stderr_to_stdout=True,
     )
     if res.gpus_per_node:
-        params["gpus_per_node"] = res.gpus_per_node if ddp or stage == "features" else 1
+        params["gpus_per_node"] = 1 if layout == "task" else res.gpus_per_node
     if cluster == "slurm":
         params.update({f"slurm_{k}": v for k, v in dict(partition=res.partition, account=res.account, qos=res.qos,
                                                           constraint=res.constraint, mem=res.mem).items() if v})
@@ -397,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         if waiting:
             for job, results in zip(jobs, wait_for(jobs, args.wait_timeout)):
                 print(f"hpc.launch: job {job.job_id} finished: {results[0]}")
-    except (LaunchError, ConfigError) as e:
+    except (LaunchError, SlurmError, ConfigError) as e:
         print(f"hpc.launch: {e}", file=sys.stderr)
         return 2
     except submitit.core.utils.FailedJobError as e:
@@ -416,21 +444,18 @@ def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
     res = Resources(args.partition, args.nodes, args.gpus_per_node or 0, args.tasks_per_node, args.cpus_per_task,
                     args.mem, parse_time(args.time), args.account, args.qos, args.constraint)
     if cluster == "slurm" and shutil.which("sinfo"):
-        offered = check_partition(res)
-        if args.gpus_per_node is None:
-            res.gpus_per_node = offered
-        elif args.gpus_per_node > offered:
-            raise LaunchError(f"--gpus-per-node {args.gpus_per_node}: partition {res.partition!r} nodes have {offered}")
-    elif cluster == "local":
-        res.nodes = 1  # the local executor runs every task on this machine
+        res = fit_to_partition(res, args.gpus_per_node)
+    elif cluster == "local":  # the local executor runs every task on this machine
+        gpus = res.gpus_per_node
         if args.gpus_per_node is None:
             import torch
 
-            res.gpus_per_node = torch.cuda.device_count()
+            gpus = torch.cuda.device_count()
+        res = dataclasses.replace(res, nodes=1, gpus_per_node=gpus)
 
-    chain = [args.stage] if args.stage else [s for s in STAGES if s != "pretrain" or cfg.images]
-    if args.sweep and args.stage in (None, "features"):
-        raise LaunchError("--sweep needs one of the stages finetune, pretrain, train, evaluate")
+    chain = [args.stage] if args.stage else full_chain(cfg)
+    if args.sweep and (args.stage is None or not _ROW[args.stage].out):  # each point gets its own out dir
+        raise LaunchError(f"--sweep needs one of the stages {', '.join(s.name for s in STAGE_TABLE if s.out)}")
     for stage in chain:
         missing = stage_inputs_missing(stage, cfg, chain)
         if missing:

@@ -1,5 +1,6 @@
-"""hpc.launch against the real one-host Slurm (slurm/up) and submitit's local executor."""
+"""hpc.launch: its pure functions, then against the real one-host Slurm (slurm/up) and submitit's local executor."""
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -7,12 +8,19 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hpc.launch import launch, parse_args, wait_for
+from his.audio.features import features_dir_for
+from his.config import load_config
+from his.data.shards import sha256_file
 from his.train import TrainConfig, run
+from hpc.launch import (DATA_SETS, STAGE_TABLE, STAGES, LaunchError, PipelineConfig, full_chain, launch, parse_args,
+                        stage_done, stage_inputs_missing, sweep_overrides, wait_for, wire)
+from hpc.slurm import SlurmError, parse_time
 
 TINY_TRAIN = ["train.ngf=8", "train.ndf=8", "train.batch_size=8", "train.log_every=1", "train.sample_every=1000",
               "train.hist_every=100000", "train.ckpt_every=1000"]
@@ -30,6 +38,125 @@ def data_args(data) -> list[str]:
 def squeue_count() -> int:
     out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30)
     return len(out.stdout.split())
+
+
+# ------------------------------------------------------------------------------- pure functions
+
+
+@pytest.mark.parametrize("text, minutes", [
+    ("45", 45), ("45:00", 45), ("45:01", 46), ("04:00:00", 240), ("01:30:01", 91), ("2-3", 2 * 1440 + 180),
+    ("2-03:30", 2 * 1440 + 210), ("1-00:00:00", 1440), ("1-00:00:01", 1441), (" 10 ", 10),
+])
+def test_parse_time_reads_every_slurm_format(text, minutes):
+    assert parse_time(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1:2:3:4", "1-", "-5", "1-2-3", "1.5", "10:", "1-2:3:4:5"])
+def test_parse_time_rejects_what_slurm_would_not_take(text):
+    with pytest.raises(SlurmError, match="not a Slurm time limit .*D-HH:MM:SS"):
+        parse_time(text)
+
+
+def test_sweep_expands_to_the_product_in_file_order(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text('"train.alpha" = [0.1, 0.25]\n[train]\nobjective = ["wgan-gp", "gan-cls"]\n')
+    points = sweep_overrides(path)
+    assert points == [[f"train.alpha={a}", f'train.objective="{o}"'] for a in (0.1, 0.25) for o in ("wgan-gp", "gan-cls")]
+    assert sweep_overrides(path) == points
+    cfg = load_config(PipelineConfig, None, points[-1])
+    assert (cfg.train.alpha, cfg.train.objective) == (0.25, "gan-cls")
+    for bad in ('"train.alpha" = 0.1\n', '"train.alpha" = []\n'):
+        path.write_text(bad)
+        with pytest.raises(LaunchError, match="train.alpha must be a non-empty list"):
+            sweep_overrides(path)
+
+
+def wired(tmp_path, **kw) -> PipelineConfig:
+    (tmp_path / "clips").mkdir(exist_ok=True)
+    return wire(PipelineConfig(clips=str(tmp_path / "clips"), **kw), tmp_path / "run")
+
+
+def write(path: Path, text: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_wire_joins_each_stage_to_what_it_reads(tmp_path):
+    cfg = wired(tmp_path, images="images")
+    run_dir = tmp_path / "run"
+    assert cfg.finetune.data == cfg.features.data == cfg.train.clips == str(tmp_path / "clips")
+    assert cfg.pretrain.images == str(Path("images").resolve())
+    assert cfg.features.checkpoint == str(run_dir / "soundnet" / "soundnet_finetuned.pt")
+    assert cfg.finetune.out == str(run_dir / "soundnet") and cfg.evaluate.out == str(run_dir / "eval")
+    assert cfg.evaluate.run == cfg.train.out == str(run_dir / "train")
+    assert cfg.train.features == "" and cfg.train.init_from == ""  # found as train starts
+
+
+def test_stage_done_wants_complete_valid_outputs(tmp_path):
+    cfg = wired(tmp_path)
+    assert not any(stage_done(s, cfg) for s in STAGES)  # nothing there yet
+    summary = Path(cfg.train.out) / "summary.json"
+    for text, done in [("not json", False), ('{"status": "interrupted"}', False), ('{"step": 3}', True),
+                       ('{"status": "completed"}', True)]:
+        write(summary, text)
+        assert stage_done("train", cfg) is done, text
+    write(Path(cfg.finetune.out) / "summary.json", '{"status": "completed"}')
+    assert not stage_done("finetune", cfg)  # no checkpoint beside it
+    write(Path(cfg.features.checkpoint), "weights")
+    assert stage_done("finetune", cfg)
+    write(Path(cfg.evaluate.out) / "results.json", "{}")
+    assert stage_done("evaluate", cfg)
+
+
+def test_features_are_done_once_every_clip_has_its_row(tmp_path):
+    cfg = wired(tmp_path)
+    with h5py.File(Path(cfg.clips) / "index.h5", "w") as f:
+        f["label"] = np.zeros(4, dtype=np.int64)
+    write(Path(cfg.features.checkpoint), "weights")
+    features = features_dir_for(cfg.clips, sha256_file(Path(cfg.features.checkpoint)))
+    features.mkdir(parents=True)
+    for rows, done in [(3, False), (4, True)]:
+        with h5py.File(features / "index.h5", "w") as f:
+            f["feature"], f["mean"], f["std"] = np.zeros((rows, 2)), np.zeros(2), np.ones(2)
+        assert stage_done("features", cfg) is done
+
+
+def test_inputs_made_earlier_in_the_chain_need_not_exist_yet(tmp_path):
+    cfg = wired(tmp_path)
+    chain = full_chain(cfg)
+    assert chain == ["finetune", "features", "train", "evaluate"]  # no image set: no pretrain
+    clips_index = Path(cfg.clips) / "index.h5"
+    assert stage_inputs_missing("finetune", cfg, chain) == f"finetune: missing input {clips_index}"
+    write(clips_index)
+    assert all(stage_inputs_missing(s, cfg, chain) is None for s in chain)
+    assert stage_inputs_missing("features", cfg, ["features"]) == \
+        f"features: missing input {cfg.features.checkpoint} (made by stage finetune)"
+    assert stage_inputs_missing("train", cfg, ["train"]) == \
+        f"train: missing input {cfg.features.checkpoint} (made by stage finetune)"
+    assert stage_inputs_missing("evaluate", cfg, ["evaluate"]) == \
+        f"evaluate: missing input {Path(cfg.train.out) / 'summary.json'} (made by stage train)"
+    assert stage_inputs_missing("pretrain", cfg, ["pretrain"]) == f"pretrain: no {DATA_SETS['images']}"
+    given = tmp_path / "my-features"
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, features=str(given)))
+    assert stage_inputs_missing("train", cfg, chain) == f"train: missing input {given}"  # named, so never made here
+    given.mkdir()
+    assert stage_inputs_missing("train", cfg, ["train"]) is None
+
+
+def test_the_stage_table_has_one_row_per_stage_in_dependency_order():
+    pipeline = PipelineConfig()
+    stage_fields = [f.name for f in dataclasses.fields(pipeline) if dataclasses.is_dataclass(getattr(pipeline, f.name))]
+    assert sorted(STAGES) == sorted(stage_fields) and len(set(STAGES)) == len(STAGES)
+    for position, row in enumerate(STAGE_TABLE):
+        config_fields = {f.name for f in dataclasses.fields(row.config(pipeline))}
+        assert row.outputs or row.done, row.name
+        assert not row.out or "out" in config_fields, row.name
+        for i in row.inputs:
+            assert not i.field or i.field in config_fields, (row.name, i)
+            assert i.source in DATA_SETS or i.source in STAGES[:position], f"{row.name} reads {i.source} before it runs"
+
+
+# ------------------------------------------------------------------------------------ the launcher
 
 
 def test_missing_input_and_unwritable_run_dir_fail_with_one_line(tiny_pipeline_data, tmp_path):
