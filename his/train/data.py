@@ -26,6 +26,7 @@ class Validation:
 
     cond: np.ndarray  # float32 (V, D)
     labels: np.ndarray  # int (V,)
+    frames: np.ndarray  # uint8 (V, 64, 64, 3): their real frames, for the classifier's ceiling
     train_frames: np.ndarray  # uint8 (N, 64, 64, 3): the training rows' 64x64 frames, for the frame classifier
     n_classes: int
 
@@ -79,8 +80,8 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     validation = None
     if cfg.val_fraction > 0:  # the groups fine-tuning held out too (same function, fraction and seed by default)
         is_val = validation_mask(train["label"], train["group"], cfg.val_fraction, cfg.val_seed)
-        validation = Validation(cond[is_val], train["label"][is_val].astype(np.int64), train["frame64"][~is_val],
-                                n_classes)
+        validation = Validation(cond[is_val], train["label"][is_val].astype(np.int64), train["frame64"][is_val],
+                                train["frame64"][~is_val], n_classes)
         train, cond = {k: v[~is_val] for k, v in train.items()}, cond[~is_val]
     labels = train["label"].astype(np.int64)
     if len(np.unique(labels)) < 2 and (cfg.objective == "gan-cls" or cfg.alpha > 0):

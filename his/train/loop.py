@@ -292,6 +292,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     if dd.is_main and data.validation is not None:
         cache = Path(cfg.clips) / "eval-cache" if Path(cfg.clips).is_dir() else Path(cfg.clips).parent / "eval-cache"
         validation = ValidationAccuracy(data.validation, data.labels, cfg.z_dim, cfg.val_images, cfg.seed, device, cache)
+        writer.add_scalar("val/ceiling", validation.ceiling, step)
 
     def state() -> dict[str, Any]:
         payload = {
@@ -377,7 +378,8 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     last_terms = {k: float(v) for k, v in terms.items()}
     summary = {"status": status, "step": step, "epoch": batches.epoch, "run_dir": str(run_dir),
                "checkpoint": str(ckpt_path) if ckpt_path else None, "final": last_terms,
-               **({"best": best} if best else {}), **throughput, "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
+               **({"best": best, "val_ceiling": validation.ceiling} if validation else {}), **throughput,
+               "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
     if dd.is_main:
         _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
         hparams = {k: v for k, v in config_to_dict(cfg).items() if isinstance(v, (int, float, str, bool))}
