@@ -1,7 +1,8 @@
 """The generated data set passes as UCF-101 / PPMI, and its sound and pictures carry what the attributes say.
 
-Everything is measured on the written files: ffprobe (Debian's) for the container, decoded audio for pitch,
-decoded frames for brightness and the instrument's height.
+Everything about the data set is measured on the written files: ffprobe (Debian's) for the container, decoded
+audio for pitch, decoded frames for brightness and the instrument's height. What the rooms say of the class,
+and every class's sound and picture, are checked on the looks and sounds the files are made from.
 """
 
 import hashlib
@@ -19,9 +20,9 @@ import pytest
 from PIL import Image
 
 from his.media import decode_audio, run_ffmpeg
-from his.synth import generate, sound
+from his.synth import ALL_CLASSES, REPORT_CLASSES, SEED_ORDER, generate, group_look, scene, sound
 from his.synth.__main__ import main
-from his.synth.scene import INSTRUMENT_COLOURS
+from his.synth.scene import INSTRUMENT_COLOURS, ROOMS
 
 CLASSES = ("PlayingCello", "PlayingDhol", "PlayingFlute")
 DURATION = (4.0, 5.0)
@@ -52,6 +53,7 @@ def test_summary_and_layout(dataset):
     out, summary, attributes = dataset
     assert summary["videos"] == 24 and summary["images"] == 12 and summary["train"] + summary["test"] == 24
     assert summary["sound"] == ("fluidsynth" if sound.fluidsynth_available() else "numpy")
+    assert summary["rooms"] == attributes["rooms"] == "shared"
     videos = sorted(out.glob("UCF-101/*/*.avi"))
     assert len(videos) == 24
     for v in videos:
@@ -119,7 +121,7 @@ def test_same_seed_same_bytes_and_reruns_reuse(tmp_path):
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(root.rglob("*")) if p.is_file()}
 
-    args = dict(classes=["PlayingSitar"], videos_per_class=2, groups=2, ppmi_images=2, duration_range=(4.0, 4.0),
+    args = dict(classes=["PlayingSitar"], videos_per_class=2, groups=2, ppmi_images=2, duration_range=(2.0, 2.0),
                 progress=False)
     assert not generate(tmp_path / "a", seed=7, **args)["reused"]
     generate(tmp_path / "b", seed=7, **args)
@@ -133,6 +135,12 @@ def test_same_seed_same_bytes_and_reruns_reuse(tmp_path):
     assert digests(tmp_path / "a") == a
     assert not generate(tmp_path / "a", seed=8, **args)["reused"]
     assert digests(tmp_path / "a") == c
+    # the rooms are a setting too: per-class rooms make other pictures of the same sound
+    assert not generate(tmp_path / "a", seed=8, rooms="per-class", **args)["reused"]
+    d = digests(tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "attributes.json").read_text())["rooms"] == "per-class"
+    video = "UCF-101/PlayingSitar/v_PlayingSitar_g01_c01.avi"
+    assert d[video] != c[video] and d["ucfTrainTestlist/trainlist01.txt"] == c["ucfTrainTestlist/trainlist01.txt"]
 
 
 def dominant_midi(samples: np.ndarray, sample_rate: int) -> float:
@@ -181,15 +189,130 @@ def test_picture_follows_the_sound(dataset):
     out, _, attributes = dataset
     for cls in CLASSES:
         clips = clips_of(attributes, cls)
-        frames = [decoded_frames(out / c["video"]) for c in clips]
-        brightness = [f.mean() for f in frames]
+        frames = {c["video"]: decoded_frames(out / c["video"]) for c in clips}
+        brightness = [frames[c["video"]].mean() for c in clips]  # shared rooms are all equally bright
         r = np.corrcoef([c["loudness"] for c in clips], brightness)[0, 1]
         assert r > 0.8, (cls, r)
-    # the mappings are linear, so Pearson's r; clips with nearly equal registers make rank orders noisy
-    cello = clips_of(attributes, "PlayingCello")
-    rows = [instrument_row(decoded_frames(out / c["video"]), INSTRUMENT_COLOURS["PlayingCello"]) for c in cello]
-    r = np.corrcoef([c["pitch_register"] for c in cello], rows)[0, 1]
-    assert r < -0.8, r  # higher pitch, higher in the frame (smaller row)
+        # a group is one look, so within a group the light alone sets the brightness: every pixel times 0.4 + 0.6 l
+        for group in {c["group"] for c in clips}:
+            a, b = [c for c in clips if c["group"] == group][:2]
+            measured = frames[a["video"]].mean() / frames[b["video"]].mean()
+            expected = (0.4 + 0.6 * a["loudness"]) / (0.4 + 0.6 * b["loudness"])
+            assert abs(measured / expected - 1) < 0.1, (cls, group, measured, expected)
+        # the mappings are linear, so Pearson's r; clips with nearly equal registers make rank orders noisy
+        if cls in ("PlayingCello", "PlayingDhol"):  # instruments of many pixels, found by their look's colour
+            rows = [instrument_row(frames[c["video"]], tuple(c["instrument_colour"])) for c in clips]
+            r = np.corrcoef([c["pitch_register"] for c in clips], rows)[0, 1]
+            assert r < -0.8, (cls, r)  # higher pitch, higher in the frame (smaller row)
+
+
+def test_every_class_register_and_loudness_drive_height_size_and_light():
+    for cls in ALL_CLASSES:
+        look = group_look(cls, 1, 0)
+
+        def instrument_pixels(register):
+            picture = np.asarray(scene.paint(look, register, 1.0, 0.0))
+            return np.nonzero((picture == look.instrument).all(-1))
+
+        low, high = instrument_pixels(0.0), instrument_pixels(1.0)
+        assert len(low[0]) > 150, (cls, len(low[0]))  # big enough to see in a 64x64 frame (a 3x smaller crop)
+        # the riser lifts the floor 60 px and the figure is drawn 0.75 times as large about its feet
+        expected = scene.FLOOR_Y - scene.RISER_LIFT + 0.75 * (low[0].mean() - scene.FLOOR_Y)
+        assert abs(high[0].mean() - expected) < 3 and high[0].mean() < low[0].mean() - 10, cls
+        assert 0.45 < len(high[0]) / len(low[0]) < 0.7, cls  # drawn 0.75 times as large: 0.56 times the area
+        quiet, loud = (np.asarray(scene.paint(look, 0.5, loudness, 0.0), np.float64) for loudness in (0.0, 1.0))
+        assert abs(quiet.mean() / loud.mean() - 0.4) < 0.01, cls
+
+
+def test_every_class_has_its_own_sound(tmp_path):
+    voices = [sound.VOICES[c] for c in ALL_CLASSES]
+    assert len(ALL_CLASSES) == 10 and set(REPORT_CLASSES) < set(ALL_CLASSES)
+    assert SEED_ORDER[:5] == REPORT_CLASSES and sorted(SEED_ORDER) == list(ALL_CLASSES)  # old seeds kept
+    assert len({v.gm for v in voices}) == 10  # ten GM programs, the drum kit among them
+    assert len({v.name for v in voices}) == 10
+    spectra = {}
+    for cls, voice in zip(ALL_CLASSES, voices):
+        notes = sound.compose(voice, 0.5, 0.8, 120, 1.5, np.random.default_rng(0))
+        midi = sound.midi_bytes(notes, voice.program)
+        assert bytes([0xC0, voice.program]) in midi
+        pitched = [n for n in notes if n.key in sound.pitched_keys(voice, notes)]
+        assert pitched and all(n.channel == (sound.DRUM_CHANNEL if voice.kit else 0) for n in pitched), cls
+        pcm = sound.render(notes, voice.program, 1.5, tmp_path).astype(np.float64).mean(1)
+        assert np.abs(pcm).mean() > 100, cls  # not silent
+        spectrum = np.abs(np.fft.rfft(pcm))[:15000].reshape(-1, 300).sum(1)  # 50 bands of 200 Hz to 10 kHz
+        spectra[cls] = spectrum / np.linalg.norm(spectrum)
+    names = list(spectra)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert spectra[a] @ spectra[b] < 0.99, (a, b)
+    # the drum kit's register picks the toms: low floor toms for a low register, high toms for a high one
+    kit = sound.VOICES["Drumming"]
+    keys = {r: sound.pitched_keys(kit, sound.compose(kit, r, 0.8, 120, 6.0, np.random.default_rng(1)))
+            for r in (0.0, 1.0)}
+    assert max(keys[0.0]) <= 45 and min(keys[1.0]) >= 47
+
+
+def background_means(rooms: str, groups) -> np.ndarray:
+    """(classes, groups, 3): the mean colour of each group's room, as its frames have it behind the player."""
+    return np.array([[np.asarray(group_look(c, g, 0, rooms).background).reshape(-1, 3).mean(0) for g in groups]
+                     for c in ALL_CLASSES])
+
+
+def nearest_centroid_accuracy(features: np.ndarray, train: slice, test: slice) -> float:
+    """Class from the room's colour: train on some groups, test on others, as a frame classifier would."""
+    centroids = features[:, train].mean(1)
+    tested = features[:, test]
+    guess = np.linalg.norm(tested[:, :, None] - centroids[None, None], axis=-1).argmin(-1)
+    return float((guess == np.arange(len(features))[:, None]).mean())
+
+
+def test_shared_rooms_say_nothing_of_the_class():
+    shared, per_class = background_means("shared", range(1, 13)), background_means("per-class", range(1, 13))
+    # the class's mean room over its groups: the same for every class when shared, far apart when per class
+    assert np.abs(shared.mean(1) - shared.mean((0, 1))).max() < 1.0
+    assert np.abs(per_class.mean(1) - per_class.mean((0, 1))).max() > 30
+    # so a classifier of the room's colour learns nothing from shared rooms and everything from per-class ones
+    train, test = slice(3, 12), slice(0, 3)
+    assert nearest_centroid_accuracy(shared, train, test) <= 0.2
+    assert nearest_centroid_accuracy(per_class, train, test) >= 0.9
+    # shared: a group is one player in one room for every class, and the groups draw from many rooms
+    for group in range(1, 5):
+        looks = [group_look(c, group, 0) for c in ALL_CLASSES]
+        assert len({(lk.background.tobytes(), lk.skin, lk.shirt, lk.instrument, lk.x) for lk in looks}) == 1
+        assert len({lk.pose for lk in looks}) == 3  # the pose follows the instrument: stool, floor, stand
+    walls = {group_look("PlayingCello", g, 0).wall for g in range(1, 13)}
+    colours = {group_look("PlayingCello", g, 0).instrument for g in range(1, 13)}
+    assert len(walls) >= 8 and len(colours) >= 4
+
+
+def test_per_class_rooms_keep_the_class_room():
+    for cls in ALL_CLASSES:
+        looks = [group_look(cls, g, 0, "per-class") for g in range(1, 5)]
+        assert all(lk.instrument == INSTRUMENT_COLOURS[cls] for lk in looks)
+        wall = np.array(ROOMS[cls].wall, np.float64)
+        wall = wall.mean() + 0.5 * (wall - wall.mean())  # the class's palette, kept muted, jittered by +-18
+        for lk in looks:
+            assert np.abs(np.subtract(lk.wall, wall)).max() <= 19 and lk.pose == scene.POSES[cls], (cls, lk.wall)
+        assert len({lk.background.tobytes() for lk in looks}) == 4  # the clutter differs by group
+
+
+def test_all_ten_classes_make_a_data_set(tmp_path):
+    summary = generate(tmp_path, ALL_CLASSES, videos_per_class=2, groups=2, ppmi_images=10, seed=1,
+                       duration_range=(1.0, 1.0), progress=False)
+    attributes = json.loads((tmp_path / "attributes.json").read_text())
+    assert summary["videos"] == 20 and summary["classes"] == sorted(ALL_CLASSES)
+    assert sorted(p.name for p in (tmp_path / "UCF-101").iterdir()) == sorted(ALL_CLASSES)
+    assert len({c["gm"] for c in attributes["clips"]}) == 10
+    assert all(c["notes"] for c in attributes["clips"])
+    assert len(list(tmp_path.glob("PPMI/norm_image/*/*/*/*.jpg"))) == 10
+    # shared rooms: the same room behind every class's player of a group, on the decoded frames too
+    for group in (1, 2):
+        clips = [c for c in attributes["clips"] if c["group"] == group and c["clip"] == 1]
+        assert len({tuple(c["wall"]) for c in clips}) == 1
+        bands = [decoded_frames(tmp_path / c["video"], fps=25)[:, :16].reshape(-1, 3).mean(0)
+                 / (0.4 + 0.6 * c["loudness"]) for c in clips]  # the wall above the player, in full light
+        # (with per-class rooms the classes' bands are 70-80 apart; codec noise in dim light is a few units)
+        assert np.abs(np.array(bands) - np.mean(bands, 0)).max() < 10, bands
 
 
 def test_cli_with_numpy_fallback(tmp_path):
@@ -208,6 +331,7 @@ def test_cli_with_numpy_fallback(tmp_path):
 
 @pytest.mark.parametrize("args, reason", [
     (["--classes", "PlayingBanjo"], "unknown class 'PlayingBanjo'"),
+    (["--rooms", "mixed"], "--rooms"),
     (["--videos-per-class", "0"], "--videos-per-class"),
     (["--groups", "1"], "--groups"),
     (["--duration-range", "5", "4"], "--duration-range"),

@@ -1,31 +1,50 @@
 """A generated stand-in for UCF-101 and PPMI, in their exact file formats, with real instrument sound.
 
     python -m his.synth --out DIR [--classes PlayingCello,PlayingDhol] [--videos-per-class N] [--groups G]
-                        [--ppmi-images M] [--seed S] [--duration-range 4 10] [--workers 2] [--force]
+                        [--ppmi-images M] [--seed S] [--duration-range 4 10] [--rooms shared|per-class]
+                        [--workers 2] [--force]
 
 writes, the same bytes for the same arguments (and the same ffmpeg, fluidsynth, soundfont and Pillow):
   DIR/UCF-101/<Class>/v_<Class>_gGG_cCC.avi   320x240, 25 fps, MPEG-4 Part 2 (xvid tag), MP3 (or AAC) 44.1 kHz
   DIR/ucfTrainTestlist/classInd.txt, trainlist01.txt, testlist01.txt   (a group is never in both splits;
       as UCF-101's split 1 takes groups 1-7 of 25 for test, the first round(G * 7/25) groups are test)
   DIR/PPMI/norm_image/{play_instrument,with_instrument}/<Instrument>/{train,test}/NNNN.jpg
-  DIR/attributes.json   the settings and every clip's and image's attributes, for evaluation; a rerun with
-      the same settings finds it and reuses the data set (--force makes it anew)
+  DIR/attributes.json   the settings (rooms included) and every clip's and image's attributes, for evaluation;
+      a rerun with the same settings finds it and reuses the data set (--force makes it anew)
 
-Sound: random melodies rendered by fluidsynth with the FluidR3 General MIDI soundfont: cello (GM program 42
-counted from 0), flute (73), sitar (104); stand-ins for the drums GM lacks: dhol = taiko drum (116) with bongo
-and conga slaps, daf = melodic tom (117) with tambourine jingles and an open conga. Without fluidsynth or the
-soundfont (HIS_SOUNDFONT names another): numpy additive synthesis, with a one-line warning.
+Classes: UCF-101's ten music classes, all of them by default: Drumming, PlayingCello, PlayingDaf, PlayingDhol,
+PlayingFlute, PlayingGuitar, PlayingPiano, PlayingSitar, PlayingTabla, PlayingViolin (REPORT_CLASSES: the
+report's five, cello, daf, dhol, flute and sitar).
 
-Picture: each class its own scene: room palette and clutter, the player's pose (standing, on a stool, on the
-floor) and the instrument's shape and colour. Each group (one player, as in UCF-101) fixes skin, clothes, the
-player's place and the room's clutter. Each frame has camera shake and the upper body sways a little.
+Sound: random melodies rendered by fluidsynth with the FluidR3 General MIDI soundfont, each class its own GM
+sound (programs counted from 0): cello 42, flute 73, sitar 104, guitar 25 (steel-string acoustic), piano 0,
+violin 40; stand-ins for the drums GM lacks: dhol = taiko drum (116) with bongo and conga slaps, daf = melodic
+tom (117) with tambourine jingles and an open conga, tabla = woodblock (115) with low bongo and low conga;
+drumming = the GM drum kit (channel 10): tom fills between bass drum, snare and hi-hat strokes. Without
+fluidsynth or the soundfont (HIS_SOUNDFONT names another): numpy additive synthesis, with a one-line warning.
+
+Picture: a player with the instrument in a room, camera shake, the upper body swaying a little. Each group (one
+player, as in UCF-101) fixes skin, hair, clothes, the player's place, the room (wall and floor palette, clutter)
+and the instrument's colour. The class shows only in the instrument's shape, where and how it is held, and the
+pose the instrument needs: seated on a stool (cello, daf, piano, drum kit), cross-legged on the floor (sitar,
+tabla), standing (flute, violin, guitar, and the dhol hung from the shoulder).
+  --rooms shared (default): every class draws all of a group's look from the same pools (the hues of the
+      ten per-class rooms' walls and floors, all at one brightness so that the light still tells the loudness;
+      skins, clothes, instrument colours), seeded by the group alone: group g is the same player in the same
+      room in every class, so the room says nothing of the class.
+  --rooms per-class: each class its own room palette and instrument colour, its groups varying only the
+      clutter, clothes and place (the scheme before rooms were shared, for comparison; the report's five
+      classes come out byte for byte as they did then). A frame classifier can learn the class from the wall.
 
 What the sound says about the picture, within a class (every clip draws r, l and tempo at random):
-  pitch register r in [0, 1] -> the melody's centre note (e.g. cello MIDI 40..60, flute 67..86), and the
-      player stands on a riser 60*r pixels high and is drawn (1 - 0.25 r) times as large: the higher the
-      pitch, the higher (and smaller) the player and instrument in the frame.
+  pitch register r in [0, 1] -> the melody's centre note (e.g. cello MIDI 40..60, flute 67..86; for the drum
+      kit the toms played, low floor tom 41 .. high tom 50), and the player stands on a riser 60*r pixels
+      high and is drawn (1 - 0.25 r) times as large: the higher the pitch, the higher (and smaller) the player
+      and instrument in the frame.
   loudness l in [0, 1]       -> MIDI velocity 40 + 80 l, and the scene's light: every pixel times 0.4 + 0.6 l.
-  tempo (70..150 bpm)         -> the beat of the melody, and the bow, sticks or strumming hand move once a beat.
+  tempo (70..150 bpm)         -> the beat of the melody, and the bow, sticks or playing hands move once a beat.
+Each clip's record in attributes.json also has its GM program ("gm": "program 42" or "percussion"), centre
+note, the pitched keys played, and its look: pose, instrument colour, wall and floor colour.
 """
 
 from __future__ import annotations
@@ -51,8 +70,15 @@ from his.io import atomic_path, write_json
 from his.media import ffmpeg_exe
 from his.synth import scene, sound
 
-ALL_CLASSES: tuple[str, ...] = tuple(sorted(sound.VOICES))
-DEFAULT_CLASSES = ALL_CLASSES  # the report's five
+ALL_CLASSES: tuple[str, ...] = tuple(sorted(sound.VOICES))  # UCF-101's ten music classes, alphabetical
+REPORT_CLASSES: tuple[str, ...] = ("PlayingCello", "PlayingDaf", "PlayingDhol", "PlayingFlute", "PlayingSitar")
+DEFAULT_CLASSES = ALL_CLASSES
+# The seed key of each class: the report's five first, as they were numbered when they were the only classes,
+# so their clips keep their seeds; the classes added later follow.
+SEED_ORDER: tuple[str, ...] = REPORT_CLASSES + ("Drumming", "PlayingGuitar", "PlayingPiano", "PlayingTabla",
+                                                "PlayingViolin")
+SHARED_LOOK = 1000  # the seed key of a look drawn for no class in particular (rooms "shared")
+ROOM_MODES = scene.ROOM_MODES
 FPS = 25
 TEST_GROUP_FRACTION = 7 / 25  # UCF-101 split 1: groups 1-7 of 25 are test
 TEMPO_RANGE = (70.0, 150.0)
@@ -94,7 +120,20 @@ class PpmiImage:
 
 def _rng(seed: int, cls: str, *keys: int) -> np.random.Generator:
     """Each clip, look and image has its own stream, so results do not depend on which other ones are made."""
-    return np.random.default_rng([seed, ALL_CLASSES.index(cls), *keys])
+    return np.random.default_rng([seed, SEED_ORDER.index(cls), *keys])
+
+
+def _look_rng(seed: int, rooms: str, cls: str, group: int, index: int, stream: int) -> np.random.Generator:
+    """The stream a look is drawn from: the class's own (rooms "per-class"), or one that ignores the class
+    (rooms "shared"), so group g is the same player in the same room in every class."""
+    if rooms == "per-class":
+        return _rng(seed, cls, group, index, stream)
+    return np.random.default_rng([seed, SHARED_LOOK, group, index, stream])
+
+
+def group_look(cls: str, group: int, seed: int, rooms: str = "shared") -> scene.Look:
+    """The look (player, room, instrument colour) of one group of a class, as its clips draw it."""
+    return scene.make_look(cls, _look_rng(seed, rooms, cls, group, 0, 1), rooms)
 
 
 @lru_cache(maxsize=1)
@@ -150,12 +189,12 @@ def encode_video(frames: bytes | bytearray, wav: Path, duration: float, path: Pa
         raise RuntimeError(f"{path}: ffmpeg failed: {lines[-1] if lines else proc.returncode}")
 
 
-def make_clip(clip: Clip, out: Path, seed: int) -> list[int]:
+def make_clip(clip: Clip, out: Path, seed: int, rooms: str = "shared") -> list[int]:
     """Render the sound, draw every frame, encode; returns the pitched MIDI keys played."""
     voice = sound.VOICES[clip.cls]
     rng = _rng(seed, clip.cls, clip.group, clip.clip, 2)
     notes = sound.compose(voice, clip.pitch_register, clip.loudness, clip.tempo_bpm, clip.duration_s, rng)
-    look = scene.make_look(clip.cls, _rng(seed, clip.cls, clip.group, 0, 1))
+    look = group_look(clip.cls, clip.group, seed, rooms)
     beats_per_second = clip.tempo_bpm / 60
     sway_phase = rng.uniform(0, 2 * math.pi)
     shift = np.zeros(2)
@@ -172,15 +211,17 @@ def make_clip(clip: Clip, out: Path, seed: int) -> list[int]:
         sound.write_wav(wav, sound.render(notes, voice.program, clip.duration_s, Path(tmp)))
         with atomic_path(path) as tmp_path:
             encode_video(frames, wav, clip.duration_s, tmp_path)
-    return sorted({n.key for n in notes if n.channel != sound.DRUM_CHANNEL})
+    return sound.pitched_keys(voice, notes)
 
 
-def make_images(images: list[PpmiImage], out: Path, seed: int) -> list[dict]:
+def make_images(images: list[PpmiImage], out: Path, seed: int, rooms: str = "shared") -> list[dict]:
     """PPMI-like jpgs: a random player of the class, playing or just holding the instrument, a random crop."""
     records = []
     for image in images:
         rng = _rng(seed, image.cls, 0, image.index, 3)
-        look = scene.make_look(image.cls, rng)
+        # per-class: the look comes first from the image's own stream; shared: from a stream that ignores the class
+        look_rng = rng if rooms == "per-class" else _look_rng(seed, rooms, image.cls, 0, image.index, 3)
+        look = scene.make_look(image.cls, look_rng, rooms)
         register, loudness = float(rng.uniform()), float(rng.uniform(0.3, 1.0))
         canvas = scene.paint(look, register, loudness, float(rng.uniform(-1, 1)),
                              playing=image.subset == "play_instrument", sway=float(rng.uniform(-3, 3)))
@@ -216,7 +257,9 @@ def write_split_lists(out: Path, classes: Sequence[str], clips: list[Clip]) -> N
 
 
 def check_arguments(out: Path, classes: Sequence[str], videos_per_class: int, groups: int, ppmi_images: int,
-                    seed: int, duration_range: tuple[float, float], workers: int) -> None:
+                    seed: int, duration_range: tuple[float, float], workers: int, rooms: str = "shared") -> None:
+    if rooms not in ROOM_MODES:
+        raise SynthError(f"unknown rooms {rooms!r}; choose from {', '.join(ROOM_MODES)}")
     if not classes:
         raise SynthError(f"no classes given; choose from {', '.join(ALL_CLASSES)}")
     unknown = [c for c in classes if c not in ALL_CLASSES]
@@ -242,22 +285,24 @@ def check_arguments(out: Path, classes: Sequence[str], videos_per_class: int, gr
 def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, videos_per_class: int = 20,
              groups: int = 5, ppmi_images: int = 200, seed: int = 0,
              duration_range: tuple[float, float] = (4.0, 10.0), workers: int = 2, progress: bool = True,
-             force: bool = False) -> dict:
+             force: bool = False, rooms: str = "shared") -> dict:
     """Write the data set under `out` (see the module docstring); returns a summary. Groups are capped at
-    `videos_per_class`. A complete earlier run with the same settings is reused unless `force`.
-    Raises SynthError on arguments it cannot use."""
+    `videos_per_class`. A complete earlier run with the same settings is reused unless `force`. `rooms`:
+    "shared" (every class draws its players and rooms from the same pools) or "per-class" (each class its own
+    room palette and instrument colour, the scheme before rooms were shared). Raises SynthError on arguments it
+    cannot use."""
     start = time.monotonic()
     out = Path(out)
     classes = sorted(dict.fromkeys(classes))  # classInd.txt numbers classes in alphabetical order, as UCF-101
-    check_arguments(out, classes, videos_per_class, groups, ppmi_images, seed, duration_range, workers)
+    check_arguments(out, classes, videos_per_class, groups, ppmi_images, seed, duration_range, workers, rooms)
     groups = min(groups, videos_per_class)
     clips = plan_clips(classes, videos_per_class, groups, seed, duration_range)
     images = plan_images(classes, ppmi_images)
     source = "fluidsynth" if sound.fluidsynth_available() else "numpy"
     settings = {"version": __version__, "seed": seed, "classes": classes, "videos_per_class": videos_per_class,
                 "groups": groups, "ppmi_images": ppmi_images, "duration_range": list(duration_range),
-                "sound": source, "audio_codec": audio_codec()}
-    summary = {"out": str(out), "classes": classes, "videos": len(clips), "groups": groups,
+                "sound": source, "audio_codec": audio_codec(), "rooms": rooms}
+    summary = {"out": str(out), "classes": classes, "rooms": rooms, "videos": len(clips), "groups": groups,
                "train": sum(c.split == "train" for c in clips), "test": sum(c.split == "test" for c in clips),
                "images": len(images), "sound": source, "audio_codec": audio_codec()}
     attributes_path = out / "attributes.json"
@@ -274,10 +319,10 @@ def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, v
     # pool starts instantly, needs no importable __main__ and forks nothing of the caller's (torch, Ray) state.
     with ThreadPoolExecutor(workers) as pool, \
             tqdm(total=len(clips) + len(images), desc="his.synth", unit="file", disable=not progress) as bar:
-        jobs = {pool.submit(make_clip, clip, out, seed): (clip.name, 1) for clip in clips}
+        jobs = {pool.submit(make_clip, clip, out, seed, rooms): (clip.name, 1) for clip in clips}
         for i in range(0, len(images), IMAGES_PER_TASK):
             batch = images[i: i + IMAGES_PER_TASK]
-            jobs[pool.submit(make_images, batch, out, seed)] = ("images", len(batch))
+            jobs[pool.submit(make_images, batch, out, seed, rooms)] = ("images", len(batch))
         for job in as_completed(jobs):
             name, count = jobs[job]
             if name == "images":
@@ -288,11 +333,16 @@ def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, v
 
     write_split_lists(out, classes, clips)
     clip_records = []
+    looks: dict[tuple[str, int], scene.Look] = {}
     for c in clips:
         voice = sound.VOICES[c.cls]
+        if (c.cls, c.group) not in looks:
+            looks[c.cls, c.group] = group_look(c.cls, c.group, seed, rooms)
+        look = looks[c.cls, c.group]
         record = {"video": c.video, "class": c.cls, **{k: v for k, v in asdict(c).items() if k != "cls"}}
         record.update(centre_note=sound.centre_note(voice, c.pitch_register), program=voice.program,
-                      notes=keys[c.name])
+                      gm=voice.gm, notes=keys[c.name], pose=look.pose, instrument_colour=list(look.instrument),
+                      wall=list(look.wall), floor=list(look.floor))
         clip_records.append(record)
     write_json(attributes_path, {**settings, "clips": clip_records,
                                  "images": sorted(image_records, key=lambda r: r["path"])})

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from his.synth import ALL_CLASSES, DEFAULT_CLASSES, SynthError, generate
+from his.synth import ALL_CLASSES, DEFAULT_CLASSES, ROOM_MODES, SynthError, generate
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,12 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-range", type=float, nargs=2, default=(4.0, 10.0), metavar=("MIN", "MAX"),
                         help="clip length in seconds (default: 4 10, as UCF-101)")
     parser.add_argument("--workers", type=int, default=2, help="clips made at once")
+    parser.add_argument("--rooms", choices=ROOM_MODES, default="shared",
+                        help="shared (default): every class draws players, rooms and instrument colours from the "
+                             "same pools, so only the instrument tells the class; per-class: each class its own "
+                             "room and instrument colour (the earlier scheme, for comparison)")
     parser.add_argument("--force", action="store_true", help="make the data set anew even if it is complete")
     args = parser.parse_args(argv)
     classes = [c for item in args.classes for c in item.split(",") if c]
     try:
         summary = generate(args.out, classes, args.videos_per_class, args.groups, args.ppmi_images, args.seed,
-                           tuple(args.duration_range), args.workers, force=args.force)
+                           tuple(args.duration_range), args.workers, force=args.force, rooms=args.rooms)
     except SynthError as e:
         parser.error(str(e))
     print(json.dumps(summary))

@@ -32,17 +32,37 @@ class Voice:
     high: int
     scale: tuple[int, ...]  # semitone steps of the mode the melodies use
     drums: tuple[int, ...] = ()  # GM percussion keys played between the pitched strokes; empty: melodic
+    name: str = ""  # what the sound is, for people: "GM 42 Cello"
+    kit: tuple[int, ...] = ()  # pitched strokes on GM percussion keys (channel 10) instead of `program`
+    drum_share: float = 0.45  # the chance that a stroke is one of `drums` rather than a pitched one
+
+    @property
+    def gm(self) -> str:
+        """The General MIDI sound the pitched strokes use: "program 42", or "percussion" (the kit, channel 10)."""
+        return "percussion" if self.kit else f"program {self.program}"
 
 
-# Dhol and daf have no GM program; the stand-ins are a pitched GM drum for the bass stroke ("dum") and GM
-# percussion keys for the treble strokes: taiko + bongo/conga slaps for the dhol, melodic tom + tambourine
-# (the jingles of a frame drum) + open conga for the daf.
+# Dhol, daf and tabla have no GM program; the stand-ins are a pitched GM sound for the bass stroke ("dum") and
+# GM percussion keys for the treble strokes: taiko + bongo/conga slaps for the dhol, melodic tom + tambourine
+# (the jingles of a frame drum) + open conga for the daf, woodblock + low bongo/low conga for the tabla.
+# Drumming is the GM drum kit on channel 10: tom fills (the pitched strokes, low floor tom 41 .. high tom 50)
+# between bass drum, snare and closed hi-hat strokes.
 VOICES = {
-    "PlayingCello": Voice(program=42, low=40, high=60, scale=(0, 2, 3, 5, 7, 8, 10)),
-    "PlayingDaf": Voice(program=117, low=41, high=60, scale=(0, 5, 7), drums=(54, 63)),
-    "PlayingDhol": Voice(program=116, low=36, high=55, scale=(0, 7), drums=(60, 62)),
-    "PlayingFlute": Voice(program=73, low=67, high=86, scale=(0, 2, 4, 7, 9)),
-    "PlayingSitar": Voice(program=104, low=52, high=68, scale=(0, 1, 4, 5, 7, 8, 11)),
+    "PlayingCello": Voice(program=42, low=40, high=60, scale=(0, 2, 3, 5, 7, 8, 10), name="GM 42 Cello"),
+    "PlayingDaf": Voice(program=117, low=41, high=60, scale=(0, 5, 7), drums=(54, 63),
+                        name="GM 117 Melodic Tom, tambourine and open conga"),
+    "PlayingDhol": Voice(program=116, low=36, high=55, scale=(0, 7), drums=(60, 62),
+                         name="GM 116 Taiko Drum, bongo and conga slaps"),
+    "PlayingFlute": Voice(program=73, low=67, high=86, scale=(0, 2, 4, 7, 9), name="GM 73 Flute"),
+    "PlayingSitar": Voice(program=104, low=52, high=68, scale=(0, 1, 4, 5, 7, 8, 11), name="GM 104 Sitar"),
+    "Drumming": Voice(program=0, low=41, high=50, scale=(), drums=(36, 38, 42), kit=(41, 43, 45, 47, 48, 50),
+                      drum_share=0.6, name="GM percussion kit: toms, bass drum, snare, hi-hat"),
+    "PlayingGuitar": Voice(program=25, low=45, high=69, scale=(0, 2, 4, 7, 9), name="GM 25 Acoustic Guitar (steel)"),
+    "PlayingPiano": Voice(program=0, low=48, high=84, scale=(0, 2, 4, 5, 7, 9, 11),
+                          name="GM 0 Acoustic Grand Piano"),
+    "PlayingTabla": Voice(program=115, low=50, high=67, scale=(0, 5, 7, 10), drums=(61, 64),
+                          name="GM 115 Woodblock, low bongo and low conga"),
+    "PlayingViolin": Voice(program=40, low=55, high=88, scale=(0, 2, 3, 5, 7, 8, 10), name="GM 40 Violin"),
 }
 
 
@@ -63,8 +83,12 @@ def compose(voice: Voice, register: float, loudness: float, tempo_bpm: float, du
             rng: np.random.Generator) -> list[Note]:
     """A random melody (or drum pattern) around the register's centre note, one stroke per beat or half beat."""
     centre = centre_note(voice, register)
-    keys = sorted({centre + 12 * octave + step for octave in (-1, 0, 1) for step in voice.scale})
-    keys = [k for k in keys if centre - 5 <= k <= centre + 7] or [centre]
+    if voice.kit:  # the drum kit's "melody": the toms nearest the centre key, on the percussion channel
+        keys = sorted(sorted(voice.kit, key=lambda k: (abs(k - centre), k))[:3])
+    else:
+        keys = sorted({centre + 12 * octave + step for octave in (-1, 0, 1) for step in voice.scale})
+        keys = [k for k in keys if centre - 5 <= k <= centre + 7] or [centre]
+    channel = DRUM_CHANNEL if voice.kit else 0
     beat = 60.0 / tempo_bpm
     base_velocity = 40 + 80 * loudness
     notes: list[Note] = []
@@ -73,13 +97,20 @@ def compose(voice: Voice, register: float, loudness: float, tempo_bpm: float, du
     while t < duration - 0.3:
         slot = beat if rng.random() < 0.7 else beat / 2
         velocity = int(np.clip(base_velocity + rng.normal(0, 4), 1, 127))
-        if voice.drums and rng.random() < 0.45 and t > 0.1:
+        if voice.drums and rng.random() < voice.drum_share and t > 0.1:
             notes.append(Note(t, 0.1, DRUM_CHANNEL, int(rng.choice(voice.drums)), velocity))
         else:
             index = int(np.clip(index + rng.integers(-2, 3), 0, len(keys) - 1))
-            notes.append(Note(t, 0.9 * slot, 0, keys[index], velocity))
+            notes.append(Note(t, 0.9 * slot, channel, keys[index], velocity))
         t += slot
     return notes
+
+
+def pitched_keys(voice: Voice, notes: list[Note]) -> list[int]:
+    """The MIDI keys of the pitched strokes (the melody, or the drum kit's toms), sorted, each once."""
+    if voice.kit:
+        return sorted({n.key for n in notes if n.channel == DRUM_CHANNEL and n.key in voice.kit})
+    return sorted({n.key for n in notes if n.channel != DRUM_CHANNEL})
 
 
 def _vlq(n: int) -> bytes:
