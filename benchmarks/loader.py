@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from his.data.dataset import ClipDataset, load_split
+from his.frames import centre_crop, to_images
 from his.train.data import Batches, TrainingData, make_batch
 
 
@@ -58,7 +59,7 @@ def chunked(index: Path, batch: int, batches: int, workers: int) -> float:
     start, seen = time.perf_counter(), 0
     while seen < batch * batches:
         for item in loader:
-            frames = item["frame88"][:, 1:65, 12:76].permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+            frames = to_images(centre_crop(item["frame88"]))
             seen += len(frames)
             if seen >= batch * batches:
                 break

@@ -25,7 +25,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from his.data.shards import write_shard
+from his.data.shards import concat_columns, write_shard
 from his.media import (
     SAMPLE_RATE,
     clip_decode_args,
@@ -35,7 +35,7 @@ from his.media import (
     run_ffmpeg_args,
     window_starts,
 )
-from hpc.preprocess import Settings, Video, concat, process_video, run_tasks
+from hpc.preprocess import Settings, Video, process_video, run_tasks
 
 
 def make_videos(folder: Path, n: int, duration: float) -> list[Video]:
@@ -144,13 +144,12 @@ def main() -> None:
                     seconds[name].append(timed(fn)[0])
         results = ray_tasks(videos, settings, 2)
         decode_sum = sum(r.decode_s for r in results)
-        write_s, _ = timed(
-            write_shard, Path(tmp) / "bench.h5", "clips", concat(results, round(settings.window_s * SAMPLE_RATE), settings.size),
-            {"classes": ["Bench"], "sample_rate": SAMPLE_RATE, "window_s": settings.window_s,
-             "samples": round(settings.window_s * SAMPLE_RATE), "clips_per_video": settings.clips_per_video,
-             "crop": np.array(settings.crop), "size": settings.size, "split_list": 1, "source_root": tmp,
-             "code_version": "bench", "created": "", "videos": [v.path for v in videos], "skipped": []},
-        )  # fmt: skip
+        attrs = {"classes": ["Bench"], "sample_rate": SAMPLE_RATE, "window_s": settings.window_s,
+                 "samples": round(settings.window_s * SAMPLE_RATE), "clips_per_video": settings.clips_per_video,
+                 "crop": np.array(settings.crop), "size": settings.size, "split_list": 1, "source_root": tmp,
+                 "code_version": "bench", "created": "", "videos": [v.path for v in videos], "skipped": []}
+        columns = concat_columns("clips", [r.columns for r in results if r.columns is not None], attrs)
+        write_s, _ = timed(write_shard, Path(tmp) / "bench.h5", "clips", columns, attrs)  # fmt: skip
         ray.shutdown()
 
     median = {name: statistics.median(s) for name, s in seconds.items()}

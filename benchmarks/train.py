@@ -40,9 +40,10 @@ def make_clip_set(root: Path, n: int, dim: int = 1024, classes: int = 3, seed: i
     with h5py.File(root / "index.h5", "w") as f:
         f["frame88"] = rng.integers(0, 256, (n, 66, 88, 3), dtype=np.uint8)
         f["label"], f["split"] = labels, (np.arange(n) % 10 == 0).astype(np.uint8)
+        f.attrs["classes"] = [f"class{c}" for c in range(classes)]
     features = root / "features" / "000000000000"
     features.mkdir(parents=True, exist_ok=True)
-    with h5py.File(features / "features.h5", "w") as f:
+    with h5py.File(features / "index.h5", "w") as f:  # what load_features reads; a benchmark needs no shards
         f["feature"] = rng.normal(size=(n, dim)).astype(np.float32)
     return root, features
 

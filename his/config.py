@@ -16,6 +16,8 @@ import tomli_w
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from his.io import atomic_path
+
 T = TypeVar("T")
 
 
@@ -62,7 +64,6 @@ def config_to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as TOML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tomli_w.dumps(config_to_dict(cfg)))
-    os.replace(tmp, path)
+    text = tomli_w.dumps(config_to_dict(cfg))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

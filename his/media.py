@@ -25,7 +25,8 @@ from typing import Sequence
 import ffmpeg
 import numpy as np
 
-SAMPLE_RATE = 22050
+from his.constants import SAMPLE_RATE
+
 REFERENCE_SIZE = (320, 240)  # UCF-101 frame size the crop is given for
 FRAME88_SIZE = (88, 66)  # whole frame, W x H
 SILENCE_PEAK = 2  # int16 levels; a track whose peak is below this is silent
@@ -66,14 +67,18 @@ def _failure_reason(stderr: bytes, returncode: int) -> str:
     return lines[-1] if lines else f"ffmpeg exited with {returncode}"
 
 
-def run_ffmpeg_args(args: list[str], path: str | os.PathLike, timeout: float = 120.0) -> tuple[bytes, bytes]:
-    """Run ffmpeg with `args`; return (stdout, stderr). Raises MediaError naming `path` on failure."""
+def run_ffmpeg_args(
+    args: list[str], path: str | os.PathLike, timeout: float = 120.0, check: bool = True
+) -> tuple[bytes, bytes]:
+    """Run ffmpeg with `args`; return (stdout, stderr). Every ffmpeg call goes through here, the one place its
+    failures become a MediaError naming `path`: a timeout always, a non-zero exit status when `check` (the
+    message is ffmpeg's last stderr line, the error's .stderr all of it)."""
     try:
         # subprocess.run drains both pipes with communicate() and kills and reaps the child on timeout
         proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise MediaError(f"{path}: ffmpeg timed out after {timeout:.0f} s") from None
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace")
         raise MediaError(f"{path}: {_failure_reason(proc.stderr, proc.returncode)}", stderr)
     return proc.stdout, proc.stderr
@@ -178,16 +183,9 @@ def probe(path: str | os.PathLike, timeout: float = 30.0) -> StreamInfo:
 
     Raises MediaError when the file is not media, lacks a video or an audio stream, or gives no duration.
     """
-    try:
-        proc = subprocess.run(
-            [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"{path}: ffmpeg timed out after {timeout:.0f} s") from None
-    stderr = proc.stderr.decode(errors="replace")  # exit status 1 is normal: no output file was named
+    # exit status 1 is normal here: no output file was named
+    _, raw = run_ffmpeg_args([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)], path, timeout, check=False)
+    stderr = raw.decode(errors="replace")
     if "Invalid data found" in stderr or "Input #0" not in stderr:
         raise MediaError(f"{path}: not a readable media file (invalid data)", stderr)
     info = parse_stream_info(stderr)

@@ -7,7 +7,8 @@
 One Ray task per video decodes it with one ffmpeg call (his.media.decode_clips). Videos are assigned to
 shards up front, in split-list order, so shard k always holds the same videos: a shard that exists (shards
 are renamed into place only when complete) and was made with the same settings is kept on a re-run, and the
-index rows come out in the same order however the tasks finish.
+index rows come out in the same order however the tasks finish. This module is the Ray driver: the clip
+shards' columns and writer are his.data.shards (clip_columns, write_clip_shard), the format datasets.h5.spec.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from his.data.shards import build_index, code_version, now_utc, read_attrs, write_manifest, write_shard
+from his.constants import SAMPLE_RATE
+from his.data.shards import build_index, clip_columns, now_utc, read_attrs, write_clip_shard, write_manifest
 from his.data.spec import check_file
 from his.io import write_json
 from his.media import MediaError, decode_clips
 
-SPLIT_CODES = {"train": 0, "test": 1}
 VIDEO_NAME = re.compile(r"v_(?P<cls>[^_]+)_g(?P<group>\d+)_c(?P<clip>\d+)")
 
 
@@ -99,21 +100,7 @@ def process_video(video: Video, settings: Settings) -> VideoResult:
         return VideoResult(video, None, reason, time.perf_counter() - start)
     except Exception as e:  # a bug or an odd file must not end the whole run; it is reported like a bad file
         return VideoResult(video, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
-    n = len(clips)
-    columns = {
-        "audio": clips.audio,
-        "frame64": clips.frame64,
-        "frame88": clips.frame88,
-        "label": np.full(n, video.label, np.int16),
-        "split": np.full(n, SPLIT_CODES[video.split], np.uint8),
-        "video_id": np.array([video.video_id] * n, dtype=object),
-        "group": np.full(n, video.group, np.int16),
-        "clip_index": np.arange(n, dtype=np.int16),
-        "t_start": clips.t_start,
-        "t_end": clips.t_end,
-        "t_frame": clips.t_frame,
-        "source": np.array([video.path] * n, dtype=object),
-    }
+    columns = clip_columns(clips, video.label, video.split, video.video_id, video.group, video.path)
     return VideoResult(video, columns, "", time.perf_counter() - start)
 
 
@@ -121,9 +108,9 @@ def shard_attrs(args: argparse.Namespace, settings: Settings, classes: Sequence[
     """File attrs shared by every shard of this run; a kept shard must match them (less code_version, created)."""
     return {
         "classes": list(classes),
-        "sample_rate": 22050,
+        "sample_rate": SAMPLE_RATE,
         "window_s": settings.window_s,
-        "samples": round(settings.window_s * 22050),
+        "samples": round(settings.window_s * SAMPLE_RATE),
         "clips_per_video": settings.clips_per_video,
         "crop": np.array(settings.crop, np.int64),
         "size": settings.size,
@@ -143,27 +130,6 @@ def shard_is_complete(path: Path, attrs: dict, videos: list[Video]) -> tuple[boo
     same = all(np.array_equal(np.asarray(have.get(k)), np.asarray(v)) for k, v in attrs.items())
     same = same and have.get("videos") == [v.path for v in videos]
     return same, have.get("skipped", [])
-
-
-def concat(results: list[VideoResult], window_samples: int, size: int) -> dict[str, np.ndarray]:
-    kept = [r.columns for r in results if r.columns is not None]
-    if kept:
-        return {name: np.concatenate([c[name] for c in kept]) for name in kept[0]}
-    empty = {  # a shard whose every video was skipped still records that they were tried
-        "audio": np.zeros((0, window_samples), np.int16),
-        "frame64": np.zeros((0, size, size, 3), np.uint8),
-        "frame88": np.zeros((0, 66, 88, 3), np.uint8),
-        "label": np.zeros(0, np.int16),
-        "split": np.zeros(0, np.uint8),
-        "video_id": np.zeros(0, object),
-        "group": np.zeros(0, np.int16),
-        "clip_index": np.zeros(0, np.int16),
-        "t_start": np.zeros(0, np.float32),
-        "t_end": np.zeros(0, np.float32),
-        "t_frame": np.zeros(0, np.float32),
-        "source": np.zeros(0, object),
-    }
-    return empty
 
 
 def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int) -> Iterator[VideoResult]:
@@ -254,7 +220,7 @@ def preprocess(args: argparse.Namespace) -> tuple[Summary, list[dict]]:
             waiting[k] -= 1
             if waiting[k] == 0:
                 t = time.perf_counter()
-                write_plan_shard(paths[k], plan[k], results.pop(k), attrs, settings)
+                write_plan_shard(paths[k], plan[k], results.pop(k), attrs)
                 summary.seconds["write shards"] += time.perf_counter() - t
                 summary.shards_written += 1
             bar.update(1)
@@ -278,17 +244,14 @@ def preprocess(args: argparse.Namespace) -> tuple[Summary, list[dict]]:
     return summary, skipped
 
 
-def write_plan_shard(path: Path, videos: list[Video], results: list[VideoResult], attrs: dict, settings: Settings) -> None:
+def write_plan_shard(path: Path, videos: list[Video], results: list[VideoResult], attrs: dict) -> None:
+    """Shard `path` of the plan: its videos' results in planned order (a shard whose every video was skipped
+    still records that they were tried)."""
     order = {v.path: i for i, v in enumerate(videos)}
     results = sorted(results, key=lambda r: order[r.video.path])
-    columns = concat(results, attrs["samples"], settings.size)
-    shard_skipped = [[r.video.path, r.reason] for r in results if r.columns is None]
-    write_shard(
-        path,
-        "clips",
-        columns,
-        {**attrs, "code_version": code_version(), "created": now_utc(), "videos": list(order), "skipped": shard_skipped},
-    )
+    kept = [r.columns for r in results if r.columns is not None]
+    skipped = [[r.video.path, r.reason] for r in results if r.columns is None]
+    write_clip_shard(path, kept, attrs, list(order), skipped)
 
 
 def start_ray(args: argparse.Namespace) -> int:

@@ -346,30 +346,22 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
 # ---- the stage on a his.train run directory ----------------------------------------------------------------
 
 
-def write_run_inputs(root, data: EvalData) -> tuple[str, str]:
-    """A clip set + feature set (docs/contracts.md) of the hand-made frames, and a his.synth attributes.json."""
-    import h5py
-
-    train_frames, test_frames = data.train_frames, data.test_frames
-    frames = np.concatenate([train_frames, test_frames])
-    labels = np.concatenate([data.train_labels, data.test_labels]).astype(np.int16)
-    split = np.repeat([0, 1], [len(train_frames), len(test_frames)]).astype(np.uint8)
+def write_run_inputs(datasets, root, data: EvalData) -> tuple[str, str]:
+    """A clip set + feature set (conftest.DataSets) of the hand-made frames, and a his.synth attributes.json."""
+    frames = np.concatenate([data.train_frames, data.test_frames])
+    labels = np.concatenate([data.train_labels, data.test_labels])
+    split = np.repeat([0, 1], [len(data.train_frames), len(data.test_frames)])
     video_ids = [f"v_{data.classes[c]}_g01_c{i:02d}" for i, c in enumerate(labels)]
     sources = [str(root / "synth" / "UCF-101" / data.classes[c] / f"{v}.avi") for v, c in zip(video_ids, labels)]
-    clips = root / "clips"
-    (clips / "features" / "0123456789ab").mkdir(parents=True)
-    with h5py.File(clips / "index.h5", "w") as f:
-        f["frame64"], f["label"], f["split"] = frames, labels, split
-        f["video_id"], f["source"] = np.array(video_ids, dtype=object), np.array(sources, dtype=object)
-        f.attrs["classes"], f.attrs["kind"] = data.classes, "clips"
+    clips = datasets.clips(root / "clips", data.classes, label=labels, split=split, frame64=frames,
+                           video_id=video_ids, source=sources, window_s=0.1, shard_clips=64)
     one_hot = np.eye(N_CLASSES)[labels]
     attributes = {
         name: np.concatenate([data.train_attributes[name], data.test_attributes[name]])
         for name in ("loudness", "register")
     }
     features = np.concatenate([one_hot, attributes["loudness"][:, None], attributes["register"][:, None]], axis=1)
-    with h5py.File(clips / "features" / "0123456789ab" / "features.h5", "w") as f:
-        f["feature"] = features.astype(np.float32)
+    features_dir = datasets.features(clips, features)
     records = [
         {"video": f"UCF-101/{data.classes[c]}/{v}.avi", "class": data.classes[c], "loudness": float(loud),
          "pitch_register": float(reg)}
@@ -377,14 +369,14 @@ def write_run_inputs(root, data: EvalData) -> tuple[str, str]:
     ]
     (root / "synth").mkdir()
     (root / "synth" / "attributes.json").write_text(json.dumps({"clips": records}))
-    return str(clips), str(clips / "features" / "0123456789ab")
+    return str(clips), str(features_dir)
 
 
-def test_python_m_his_eval_on_a_run_directory(data, tmp_path):
+def test_python_m_his_eval_on_a_run_directory(data, datasets, tmp_path):
     from his.eval.stage import main
     from his.train import TrainConfig, run
 
-    clips, features = write_run_inputs(tmp_path, data)
+    clips, features = write_run_inputs(datasets, tmp_path, data)
     run_dir = tmp_path / "run"
     run(TrainConfig(clips=clips, features=features, cond_dim=N_CLASSES + 2, out=str(run_dir), ngf=8, ndf=8,
                     proj_dim=8, z_dim=8, batch_size=16, max_steps=2, n_critic=1, warmup_gen_steps=0))

@@ -2,12 +2,12 @@
 
 import h5py
 import numpy as np
+import pytest
 
 from his.audio.features import FeaturesConfig, run, train_statistics
 from his.audio.finetune import FinetuneConfig, run as finetune
 from his.data.dataset import load_features, load_split
 from his.data.spec import check_file
-from test_finetune import make_clip_dataset
 
 
 def test_train_statistics_ignore_test_rows():
@@ -17,8 +17,9 @@ def test_train_statistics_ignore_test_rows():
     np.testing.assert_allclose(std, [1.0, 1.0])
 
 
-def test_features_pretrained_then_finetuned(tmp_path):
-    index = make_clip_dataset(tmp_path / "clips", groups_per_class=3, clips_per_group=2, shard_clips=7)
+def test_features_pretrained_then_finetuned(datasets, tmp_path):
+    clips = datasets.clips(tmp_path / "clips", groups_per_class=3, clips_per_group=2, shard_clips=7)
+    index = clips / "index.h5"
     cfg = FeaturesConfig(data=str(index.parent), batch_size=4, max_points=10)
     summary = run(cfg)
     out = tmp_path / "clips" / "features" / summary["checkpoint_sha256"][:12]
@@ -55,19 +56,21 @@ def test_features_pretrained_then_finetuned(tmp_path):
     assert summary2["layer"] == "conv6" and summary2["dim"] == 512
     assert len(load_features(tmp_path / "clips" / "features" / summary2["checkpoint_sha256"][:12], None)) == 18
     assert len(load_split(index, None, ["label"])["label"]) == 18
+    with pytest.raises(FileNotFoundError, match="no index.h5"):
+        load_features(tmp_path / "clips" / "features", None)
 
 
-def test_ray_actor_pool_matches_in_process(tmp_path):
+def test_ray_actor_pool_matches_in_process(datasets, tmp_path):
     import ray
 
     from hpc.features import PoolFeaturesConfig, run as run_pool
 
-    local = make_clip_dataset(tmp_path / "a", groups_per_class=2, clips_per_group=2, shard_clips=5)
-    pooled = make_clip_dataset(tmp_path / "b", groups_per_class=2, clips_per_group=2, shard_clips=5)
-    expected = run(FeaturesConfig(data=str(local.parent), figure=False))
+    local = datasets.clips(tmp_path / "a", groups_per_class=2, clips_per_group=2, shard_clips=5)
+    pooled = datasets.clips(tmp_path / "b", groups_per_class=2, clips_per_group=2, shard_clips=5)
+    expected = run(FeaturesConfig(data=str(local), figure=False))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_pool(PoolFeaturesConfig(data=str(pooled.parent), figure=False, actors=2))
+        summary = run_pool(PoolFeaturesConfig(data=str(pooled), figure=False, actors=2))
     finally:
         ray.shutdown()
     assert summary["extracted_shards"] == 3 and summary["checkpoint_sha256"] == expected["checkpoint_sha256"]

@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -108,17 +106,17 @@ def test_stage_done_wants_complete_valid_outputs(tmp_path):
     assert stage_done("evaluate", cfg)
 
 
-def test_features_are_done_once_every_clip_has_its_row(tmp_path):
+def test_features_are_done_once_every_clip_has_its_row(datasets, tmp_path):
     cfg = wired(tmp_path)
-    with h5py.File(Path(cfg.clips) / "index.h5", "w") as f:
-        f["label"] = np.zeros(4, dtype=np.int64)
     write(Path(cfg.features.checkpoint), "weights")
-    features = features_dir_for(cfg.clips, sha256_file(Path(cfg.features.checkpoint)))
-    features.mkdir(parents=True)
-    for rows, done in [(3, False), (4, True)]:
-        with h5py.File(features / "index.h5", "w") as f:
-            f["feature"], f["mean"], f["std"] = np.zeros((rows, 2)), np.zeros(2), np.ones(2)
-        assert stage_done("features", cfg) is done
+    sha = sha256_file(Path(cfg.features.checkpoint))
+    datasets.clips(cfg.clips, ["A", "B"], label=[0, 1, 0], split=[0, 0, 1], window_s=0.1)
+    assert datasets.features(cfg.clips, dim=2, sha256=sha) == features_dir_for(cfg.clips, sha)
+    assert stage_done("features", cfg)
+    datasets.clips(cfg.clips, ["A", "B"], label=[0, 1, 0, 1], split=[0, 0, 1, 1], window_s=0.1)  # a clip more since
+    assert not stage_done("features", cfg)
+    datasets.features(cfg.clips, dim=2, sha256=sha)
+    assert stage_done("features", cfg)
 
 
 def test_inputs_made_earlier_in_the_chain_need_not_exist_yet(tmp_path):

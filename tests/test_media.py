@@ -3,72 +3,19 @@ the time (f(t) = 200 + 100 t Hz), in AVI with MPEG-4 Part 2 (xvid) and MP3 as UC
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.signal import hilbert
 
-from his.media import MediaError, SAMPLE_RATE, decode_clips, ffmpeg_exe, parse_stream_info, window_starts
+from his.media import MediaError, SAMPLE_RATE, decode_clips, parse_stream_info, window_starts
 
-FPS = 25
-
-
-def frame_colour(i: int) -> tuple[int, int]:
-    """Red and green levels of frame i: 16 steps apart, so lossy coding cannot mistake one for another."""
-    return (i % 16) * 16 + 8, (i // 16) * 16 + 8
-
-
-def frame_number(rgb: np.ndarray) -> int:
-    """Inverse of frame_colour on a decoded frame (mean over its pixels)."""
-    r, g = rgb.reshape(-1, 3).mean(0)[:2]
-    return int(round((r - 8) / 16)) + 16 * int(round((g - 8) / 16))
-
-
-def chirp_frequency(audio: np.ndarray, centre_s: float = 0.1) -> float:
-    """Mean instantaneous frequency (Hz) of the middle `centre_s` seconds of an int16 window."""
-    phase = np.unwrap(np.angle(hilbert(audio.astype(np.float64))))
-    mid, half = len(audio) // 2, int(centre_s * SAMPLE_RATE / 2)
-    return float((phase[mid + half] - phase[mid - half]) / (2 * np.pi) / (2 * half / SAMPLE_RATE))
-
-
-def make_video(
-    path: Path,
-    duration: float = 5.0,
-    size: tuple[int, int] = (320, 240),
-    audio: str | None = "chirp",
-    audio_codec: str = "libmp3lame",
-    centre_box: bool = False,
-) -> Path:
-    """Write a test video. audio: "chirp", "silent" or None (no audio stream). centre_box paints the
-    200x190-of-320x240 centre crop (scaled to `size`) blue and the rest by frame number."""
-    w, h = size
-    n = int(round(duration * FPS))
-    frames = np.empty((n, h, w, 3), np.uint8)
-    for i in range(n):
-        frames[i] = (*frame_colour(i), 128)
-    if centre_box:
-        cw, ch = round(w * 200 / 320), round(h * 190 / 240)
-        frames[:, (h - ch) // 2 : (h + ch) // 2, (w - cw) // 2 : (w + cw) // 2] = (0, 0, 255)
-    args = [ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(FPS), "-i", "pipe:"]  # fmt: skip
-    if audio == "chirp":
-        args += ["-f", "lavfi", "-i", f"aevalsrc=0.5*sin(2*PI*(200*t+50*t*t)):s=44100:d={duration}"]
-    elif audio == "silent":
-        args += ["-f", "lavfi", "-i", f"anullsrc=r=44100:cl=mono:d={duration}"]
-    args += ["-c:v", "mpeg4", "-vtag", "xvid", "-q:v", "3"]
-    args += ["-c:a", audio_codec, "-b:a", "128k"] if audio else ["-an"]
-    # with MP3 in AVI the muxer otherwise shifts video timestamps by a frame to avoid negative audio ones
-    args += ["-avoid_negative_ts", "disabled", "-shortest", str(path)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(args, input=frames.tobytes(), check=True, timeout=60)
-    return path
+# the videos: conftest.FakeVideos (fixture fake_videos)
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
-    return make_video(tmp_path_factory.mktemp("media") / "v_Test_g01_c01.avi", duration=8.0)
+def video(tmp_path_factory, fake_videos) -> Path:
+    return fake_videos.make(tmp_path_factory.mktemp("media") / "v_Test_g01_c01.avi", duration=8.0)
 
 
 def test_window_starts_spread_and_bounded():
@@ -80,48 +27,49 @@ def test_window_starts_spread_and_bounded():
     assert len(window_starts(60.0, 2.0, 4)) == 4
 
 
-def test_frames_are_those_at_window_middles(video):
+def test_frames_are_those_at_window_middles(video, fake_videos):
     clips = decode_clips(video, window_s=2.0, max_clips=3)
     assert len(clips) == 3 and clips.audio.shape == (3, 2 * SAMPLE_RATE)
     assert clips.frame64.shape == (3, 64, 64, 3) and clips.frame88.shape == (3, 66, 88, 3)
     assert np.allclose(clips.t_frame, (clips.t_start + clips.t_end) / 2, atol=1e-4)
     assert np.all(clips.t_start[1:] >= clips.t_end[:-1]) and clips.t_end[-1] <= clips.duration
     for k in range(3):
-        expected = int(np.floor(clips.t_frame[k] * FPS))
-        assert frame_number(clips.frame64[k]) == expected
-        assert frame_number(clips.frame88[k]) == expected
+        expected = int(np.floor(clips.t_frame[k] * fake_videos.FPS))
+        assert fake_videos.frame_number(clips.frame64[k]) == expected
+        assert fake_videos.frame_number(clips.frame88[k]) == expected
 
 
-def test_audio_is_the_window(video):
+def test_audio_is_the_window(video, fake_videos):
     clips = decode_clips(video, window_s=2.0, max_clips=3)
     for k in range(3):
         # the chirp's pitch at the window's middle dates the window to within ~0.1 s
-        assert chirp_frequency(clips.audio[k]) == pytest.approx(200 + 100 * clips.t_frame[k], abs=10)
+        assert fake_videos.chirp_frequency(clips.audio[k]) == pytest.approx(200 + 100 * clips.t_frame[k], abs=10)
 
 
-def test_crop_scales_with_frame_size(tmp_path):
+def test_crop_scales_with_frame_size(tmp_path, fake_videos):
     for size in [(320, 240), (640, 480)]:
-        clips = decode_clips(make_video(tmp_path / f"{size[0]}.avi", 3.0, size, centre_box=True), 1.0, 2)
+        clips = decode_clips(fake_videos.make(tmp_path / f"{size[0]}.avi", 3.0, size, centre_box=True), 1.0, 2)
         crop = clips.frame64[0].astype(int)
         assert np.all(crop[2:-2, 2:-2, 2] > 230) and np.all(crop[2:-2, 2:-2, 0] < 25)  # only the blue box
         whole = clips.frame88[0].astype(int)
         assert whole[0, 0, 2] < 160 and whole[33, 44, 2] > 230  # border from outside the box, centre inside
 
 
-def test_aac_audio(tmp_path):
-    clips = decode_clips(make_video(tmp_path / "aac.avi", 4.0, audio_codec="aac"), 1.0, 2)
-    assert len(clips) == 2 and chirp_frequency(clips.audio[1]) == pytest.approx(200 + 100 * clips.t_frame[1], abs=10)
+def test_aac_audio(tmp_path, fake_videos):
+    clips = decode_clips(fake_videos.make(tmp_path / "aac.avi", 4.0, audio_codec="aac"), 1.0, 2)
+    assert len(clips) == 2
+    assert fake_videos.chirp_frequency(clips.audio[1]) == pytest.approx(200 + 100 * clips.t_frame[1], abs=10)
 
 
-def test_bad_inputs_raise_one_line_reasons(tmp_path, video):
+def test_bad_inputs_raise_one_line_reasons(tmp_path, video, fake_videos):
     cases = {}
     cases["empty file"] = tmp_path / "empty.avi"
     cases["empty file"].write_bytes(b"")
     cases["not a readable media file"] = tmp_path / "text.avi"
     cases["not a readable media file"].write_text("this is not a video\n" * 100)
-    cases["no audio stream"] = make_video(tmp_path / "mute.avi", 3.0, audio=None)
-    cases["silent audio track"] = make_video(tmp_path / "silent.avi", 3.0, audio="silent")
-    cases["too short"] = make_video(tmp_path / "short.avi", 0.6)
+    cases["no audio stream"] = fake_videos.make(tmp_path / "mute.avi", 3.0, audio=None)
+    cases["silent audio track"] = fake_videos.make(tmp_path / "silent.avi", 3.0, audio="silent")
+    cases["too short"] = fake_videos.make(tmp_path / "short.avi", 0.6)
     cases["truncated"] = tmp_path / "truncated.avi"
     cases["truncated"].write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 5])
     cases["no such file"] = tmp_path / "missing.avi"

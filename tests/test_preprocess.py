@@ -26,7 +26,6 @@ import ray
 from his.data.dataset import ClipDataset, load_split, read_classes
 from his.data.spec import check_file
 from hpc.preprocess import main
-from test_media import FPS, chirp_frequency, frame_number, make_video
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Alpha", "Beta"]
@@ -45,14 +44,14 @@ def write_lists(root: Path, train: list[str], test: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
+def good(tmp_path_factory, fake_videos):
     """Eight good videos, two of each class per split, one with spaces, quotes and non-ASCII in its name."""
     root = tmp_path_factory.mktemp("ucf")
     train, test = [], []
     for cls in CLASSES:
         for g in (1, 2, 3, 4):
             name = ODD_NAME if (cls, g) == ("Beta", 3) else f"v_{cls}_g{g:02d}_c01.avi"
-            make_video(root / "videos" / cls / name, duration=3.0 + 0.5 * g)
+            fake_videos.make(root / "videos" / cls / name, duration=3.0 + 0.5 * g)
             (train if g <= 2 else test).append(f"{cls}/{name}")
     return root, train, test
 
@@ -73,7 +72,7 @@ def index_content(index: Path) -> dict[str, np.ndarray]:
         return {n: (f[n].asstr()[()] if h5py.check_string_dtype(f[n].dtype) else f[n][()]) for n in f}
 
 
-def test_clips_match_split_lists_and_media(good, ray_session, tmp_path):
+def test_clips_match_split_lists_and_media(good, ray_session, tmp_path, fake_videos):
     root, train, test = good
     lists = write_lists(root, train, test)
     assert run(root / "videos", lists, tmp_path / "out") == 0
@@ -95,8 +94,8 @@ def test_clips_match_split_lists_and_media(good, ray_session, tmp_path):
         assert {(int(data["split"][r]), int(data["label"][r])) for r in rows} == {expected[vid]}
     assert any(s.endswith(ODD_NAME) for s in data["source"])
     for i in range(len(data["video_id"])):
-        assert frame_number(data["frame64"][i]) == int(np.floor(data["t_frame"][i] * FPS))
-        assert chirp_frequency(data["audio"][i]) == pytest.approx(200 + 100 * data["t_frame"][i], abs=10)
+        assert fake_videos.frame_number(data["frame64"][i]) == int(np.floor(data["t_frame"][i] * fake_videos.FPS))
+        assert fake_videos.chirp_frequency(data["audio"][i]) == pytest.approx(200 + 100 * data["t_frame"][i], abs=10)
 
     train_rows = load_split(index, "train", ["video_id"])["video_id"]
     assert set(train_rows) == {Path(p).stem for p in train}
@@ -107,7 +106,7 @@ def test_clips_match_split_lists_and_media(good, ray_session, tmp_path):
     assert tuple(ds[0]["frame88"].shape) == (66, 88, 3)
 
 
-def test_bad_inputs_are_skipped_and_reported(good, ray_session, tmp_path):
+def test_bad_inputs_are_skipped_and_reported(good, ray_session, tmp_path, fake_videos):
     root, train, test = good
     videos = tmp_path / "videos"
     shutil.copytree(root / "videos", videos)
@@ -125,9 +124,9 @@ def test_bad_inputs_are_skipped_and_reported(good, ray_session, tmp_path):
     whole = (videos / "Alpha/v_Alpha_g01_c01.avi").read_bytes()
     (videos / "Alpha/v_Alpha_g06_c01.avi").write_bytes(whole[: len(whole) // 2])
     (videos / "Alpha/v_Alpha_g07_c01.avi").write_bytes(os.urandom(20000))
-    make_video(videos / "Beta/v_Beta_g05_c01.avi", 3.0, audio="silent")
-    make_video(videos / "Beta/v_Beta_g06_c01.avi", 0.6)
-    make_video(videos / "Beta/v_Beta_g07_c01.avi", 3.0, audio=None)
+    fake_videos.make(videos / "Beta/v_Beta_g05_c01.avi", 3.0, audio="silent")
+    fake_videos.make(videos / "Beta/v_Beta_g06_c01.avi", 0.6)
+    fake_videos.make(videos / "Beta/v_Beta_g07_c01.avi", 3.0, audio=None)
     wav = videos / "Beta/v_Beta_g08_c01.avi"  # sound only: a WAV file under a video's name
     subprocess.run([os.environ.get("HIS_FFMPEG", "ffmpeg"), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
                     "sine=f=440:d=3", "-f", "wav", str(wav)], check=True)  # fmt: skip

@@ -103,3 +103,22 @@ def test_unknown_kind_is_refused(tmp_path):
     assert "not a kind of the spec" in check_file(tmp_path / "x.h5")[0]
     with pytest.raises(KeyError):
         write_shard(tmp_path / "y.h5", "movies", {}, {})
+
+
+def test_the_tests_data_sets_conform(datasets, tmp_path):
+    """conftest.DataSets writes through the real writers: every file it makes passes the checker."""
+    clips = datasets.clips(tmp_path / "clips", shard_clips=7)
+    given = datasets.clips(tmp_path / "given", ["A", "B"], label=[0, 1, 1], split=[0, 0, 1], window_s=0.1)
+    features = datasets.features(clips)
+    images = datasets.images(tmp_path / "images", n=5)
+    files = [clips / "index.h5", *sorted((clips / "shards").glob("clips-*.h5")), given / "index.h5",
+             *sorted((given / "shards").glob("clips-*.h5")), features / "index.h5",
+             *sorted(features.glob("features-*.h5")), images / "index.h5", *sorted(images.glob("images-*.h5"))]
+    assert len(files) == 5 + 2 + 5 + 2  # 24 clips in shards of 7, 3 clips in one, 5 images in one
+    for f in files:
+        assert check_file(f) == [], f
+    with h5py.File(clips / "index.h5") as f:
+        assert len(f["label"]) == 24 and set(np.bincount(f["group"][()] + 10 * f["label"][()])) == {0, 2}
+        assert f["split"][()].sum() == 6  # the last of the 4 groups of each class
+    with h5py.File(features / "index.h5") as f:
+        assert f["feature"].shape == (24, 12) and f["mean"].shape == (12,)

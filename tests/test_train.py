@@ -20,49 +20,24 @@ from his.train import (
 
 CLASSES = ("PlayingCello", "PlayingDhol", "PlayingSitar")
 D = 12
-FEATURE_KEY = "0123456789ab"  # CLIPS/features/<first 12 hex of the SoundNet checkpoint sha256>/
+FEATURE_SHA256 = "0123456789ab" * 5 + "0123"  # stands for the SoundNet checkpoint's sha256
+FEATURE_KEY = FEATURE_SHA256[:12]  # CLIPS/features/<first 12 hex of the SoundNet checkpoint sha256>/
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_clip_set(root: Path, per_class: int = 12, test_per_class: int = 2, seed: int = 0) -> Path:
-    """A clip data set + feature set following docs/contracts.md; frames and features depend on the class."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(len(CLASSES)), per_class).astype(np.int16)
-    split = np.tile((np.arange(per_class) >= per_class - test_per_class).astype(np.uint8), len(CLASSES))
-    colours = rng.integers(0, 256, (len(CLASSES), 3))
-
-    def frames(h, w):
-        noise = rng.normal(0, 25, (len(labels), h, w, 3))
-        return np.clip(colours[labels][:, None, None] + noise, 0, 255).astype(np.uint8)
-
-    root.mkdir(parents=True, exist_ok=True)
-    with h5py.File(root / "index.h5", "w") as f:
-        f["frame64"], f["frame88"] = frames(64, 64), frames(66, 88)
-        f["label"], f["split"] = labels, split
-        f["group"] = np.tile(np.arange(per_class) // 2 + 1, len(CLASSES)).astype(np.int16)  # 2 clips a group
-        f.attrs["classes"], f.attrs["kind"] = list(CLASSES), "clips"
-    (root / "features" / FEATURE_KEY).mkdir(parents=True, exist_ok=True)
-    centres = rng.normal(0, 1, (len(CLASSES), D))
-    with h5py.File(root / "features" / FEATURE_KEY / "features.h5", "w") as f:
-        f["feature"] = (centres[labels] + rng.normal(0, 0.3, (len(labels), D))).astype(np.float32)
-        f.attrs["kind"] = "features"
-    return root
-
-
-def make_image_set(root: Path, n: int = 24, seed: int = 1) -> Path:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    with h5py.File(root / "index.h5", "w") as f:
-        f["image"] = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-        f.attrs["kind"] = "images"
+def make_clips(datasets, root: Path | None) -> Path:
+    """A clip set (6 groups of 2 clips per class, the last group of each the test split) and its feature set
+    (conftest.DataSets): frames and features depend on the class."""
+    root = datasets.clips(root, CLASSES, groups_per_class=6, clips_per_group=2, test_groups=1, window_s=0.1)
+    datasets.features(root, dim=D, sha256=FEATURE_SHA256)
     return root
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    return make_clip_set(tmp_path_factory.mktemp("clips"))
+def clips(datasets) -> Path:
+    return make_clips(datasets, None)
 
 
 def tiny(clips: Path, out: Path, **kw) -> TrainConfig:
@@ -197,7 +172,9 @@ def test_config_errors_name_the_field_before_training(clips, tmp_path):
         run(tiny(clips, tmp_path / "c", objective="wgan-gp", critic_norm="batch"))
     with pytest.raises(ConfigError, match="clips="):
         run(tiny(tmp_path / "missing", tmp_path / "d"))
-    assert not any((tmp_path / x).exists() for x in "abcd")
+    with pytest.raises(ConfigError, match=r"features=.*: no index\.h5 there"):
+        run(tiny(clips, tmp_path / "e", features=str(clips / "features")))
+    assert not any((tmp_path / x).exists() for x in "abcde")
 
 
 def test_tensorboard_events_hold_scalars_and_sample_images(clips, tmp_path):
@@ -216,8 +193,8 @@ def test_tensorboard_events_hold_scalars_and_sample_images(clips, tmp_path):
     assert any(tag.startswith("generator/") for tag in acc.Tags()["histograms"])
 
 
-def test_pretrain_then_warm_start_loads_exactly_the_matching_tensors(clips, tmp_path):
-    images = make_image_set(tmp_path / "images")
+def test_pretrain_then_warm_start_loads_exactly_the_matching_tensors(clips, datasets, tmp_path):
+    images = datasets.images(tmp_path / "images", n=24)
     pre = run(PretrainConfig(images=str(images), out=str(tmp_path / "pre"), ngf=8, ndf=8, z_dim=8,
                              batch_size=8, max_steps=2, warmup_gen_steps=0, n_critic=1, log_every=1))
     assert pre["status"] == "completed"
@@ -416,8 +393,8 @@ def test_validation_curve_and_best_checkpoint_use_held_out_training_groups(clips
     assert path.name == "best.pt" and ckpt["step"] == best_step
 
 
-def test_validation_needs_video_groups(tmp_path):
-    clips = make_clip_set(tmp_path / "clips")
+def test_validation_needs_video_groups(datasets, tmp_path):
+    clips = make_clips(datasets, tmp_path / "clips")
     with h5py.File(clips / "index.h5", "a") as f:
         del f["group"]
     with pytest.raises(ConfigError, match="val_fraction=0.2 needs the clips' video groups"):

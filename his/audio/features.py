@@ -192,6 +192,30 @@ def write_feature_shard(path: Path, feature: np.ndarray, attrs: dict) -> None:
         f.create_dataset("feature", data=feature.astype(entry["dtype"]), chunks=chunks)
 
 
+def write_features(features_dir: Path, clip_shards: list[tuple[str | os.PathLike, int]], raw: np.ndarray,
+                   mean: np.ndarray, std: np.ndarray, attrs: dict) -> Path:
+    """The feature set of `raw` (float (N, D), the rows of every clip shard in order): `(raw - mean) / std` in
+    feature shards mirroring `clip_shards` ((path, rows) each, clips-NNNNN.h5 -> features-NNNNN.h5) and
+    index.h5 over them holding `mean` and `std`. `attrs` are the spec's features attrs (layer, checkpoint,
+    checkpoint_sha256, ...). Returns the index path."""
+    if sum(rows for _, rows in clip_shards) != len(raw):
+        raise ValueError(f"{len(raw)} feature rows for {sum(rows for _, rows in clip_shards)} clips")
+    features_dir = Path(features_dir)
+    features_dir.mkdir(parents=True, exist_ok=True)
+    shard_paths, row = [], 0
+    for clip_shard, rows in clip_shards:
+        path = features_dir / Path(clip_shard).name.replace("clips-", "features-")
+        write_feature_shard(path, (raw[row : row + rows] - mean) / std, attrs)
+        shard_paths.append(path)
+        row += rows
+    index = features_dir / "index.h5"
+    build_index(index, shard_paths, "features")
+    with h5py.File(index, "a") as f:
+        f.create_dataset("mean", data=mean)
+        f.create_dataset("std", data=std)
+    return index
+
+
 def finish(cfg: FeaturesConfig, features_dir: Path, checkpoint: str, sha: str, jobs: list[ShardJob],
            layer: str) -> dict:
     """Standardise with train-split statistics, write the feature shards and the index, probe and draw."""
@@ -201,17 +225,7 @@ def finish(cfg: FeaturesConfig, features_dir: Path, checkpoint: str, sha: str, j
     mean, std = train_statistics(raw, split)
     attrs = {"layer": layer, "checkpoint": str(checkpoint), "checkpoint_sha256": sha,
              "code_version": code_version(), "created": now_utc()}
-    shard_paths, row = [], 0
-    for job in jobs:
-        path = features_dir / Path(job.clip_shard).name.replace("clips-", "features-")
-        write_feature_shard(path, (raw[row : row + job.rows] - mean) / std, attrs)
-        shard_paths.append(path)
-        row += job.rows
-    index = features_dir / "index.h5"
-    build_index(index, shard_paths, "features")
-    with h5py.File(index, "a") as f:
-        f.create_dataset("mean", data=mean)
-        f.create_dataset("std", data=std)
+    index = write_features(features_dir, [(job.clip_shard, job.rows) for job in jobs], raw, mean, std, attrs)
 
     summary = {"features_dir": str(features_dir), "checkpoint_sha256": sha, "layer": layer, "rows": len(raw),
                "dim": raw.shape[1], "linear_probe_test_accuracy": linear_probe(index_path, features_dir)}

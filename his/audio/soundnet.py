@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from his.constants import SAMPLE_RATE
 from his.io import atomic_path
 
-SAMPLE_RATE = 22050
 INPUT_SCALE = 256.0
 PREDICT_SAMPLES = 20 * SAMPLE_RATE  # the heads were trained on 20 s inputs
 CONV7_HOP = 32768  # input samples per conv7 time step

@@ -50,9 +50,9 @@ def load_features(features_dir: str | os.PathLike, split: str | None) -> np.ndar
     `features_dir` is CLIPS_OUT/features/<sha12>/; the split column comes from CLIPS_OUT/index.h5.
     """
     features_dir = Path(features_dir)
-    feature_file = next((p for p in (features_dir / "index.h5", features_dir / "features.h5") if p.exists()), None)
-    if feature_file is None:
-        raise FileNotFoundError(f"{features_dir}: no index.h5 or features.h5")
+    feature_file = features_dir / "index.h5"
+    if not feature_file.is_file():
+        raise FileNotFoundError(f"{features_dir}: no index.h5")
     with h5py.File(features_dir.parent.parent / "index.h5", "r") as f:
         rows = _split_rows(f, split)
     with h5py.File(feature_file, "r") as f:

@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from his.constants import IMAGE_SIZE
 from his.data.shards import build_index, code_version, now_utc, write_manifest, write_shard
 from his.io import write_json
-
-IMAGE_SIZE = 64
 
 
 def load_image(path: str | os.PathLike, crop: tuple[int, int] | None = None) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Shard files, the virtual-dataset index over them, and the manifest, all as datasets.h5.spec describes.
 
 A shard is written under a temporary name and renamed into place, so a shard that exists is complete.
+`write_shard` writes any kind; `clip_columns` and `write_clip_shard` are the clip shards' writer (the rows
+of one video, and a shard of videos), which hpc.preprocess drives with Ray.
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ import os
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import h5py
 import numpy as np
 
 import his
-from his.data.spec import decode_attr, encode_attr, kind_spec, storage_options
+from his.data.spec import dataset_shape, decode_attr, encode_attr, kind_spec, storage_options
 from his.io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from his.media import VideoClips
+
+SPLIT_CODES = {"train": 0, "test": 1}  # the clip shards' split column
 
 
 def code_version() -> str:
@@ -55,7 +62,7 @@ def write_shard(path: str | os.PathLike, kind: str, columns: dict[str, np.ndarra
     Storage (dtype, chunks, compression) comes from the spec; `attrs` are the file attrs besides
     spec_version, kind and role, which are filled in here.
     """
-    names = [n for n, e in kind_spec(kind)["datasets"].items() if "shard" in e.get("roles", ("shard", "index"))]
+    names = _shard_datasets(kind)
     if sorted(columns) != sorted(names):
         raise KeyError(f"shard of kind {kind!r} needs columns {names}, got {sorted(columns)}")
     rows = {len(c) for c in columns.values()}
@@ -70,6 +77,67 @@ def write_shard(path: str | os.PathLike, kind: str, columns: dict[str, np.ndarra
                 if h5py.check_string_dtype(options["dtype"]):
                     data = np.asarray(data, dtype=object)
                 f.create_dataset(name, data=data, **options)
+
+
+def _shard_datasets(kind: str) -> list[str]:
+    return [n for n, e in kind_spec(kind)["datasets"].items() if "shard" in e.get("roles", ("shard", "index"))]
+
+
+def empty_columns(kind: str, attrs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Zero-row columns of every shard dataset of `kind`, shaped (from `attrs`) and typed as the spec says."""
+    return {
+        name: np.zeros(dataset_shape(kind, name, attrs, 0), object if entry["dtype"] == "str" else entry["dtype"])
+        for name, entry in kind_spec(kind)["datasets"].items()
+        if name in _shard_datasets(kind)
+    }
+
+
+def concat_columns(kind: str, parts: Sequence[dict[str, np.ndarray]], attrs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The rows of `parts` one after another; with no parts, empty_columns (a shard may hold no rows)."""
+    if not parts:
+        return empty_columns(kind, attrs)
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def clip_columns(
+    clips: VideoClips, label: int, split: str, video_id: str, group: int, source: str
+) -> dict[str, np.ndarray]:
+    """The clips of one video (his.media.decode_clips) as the columns of a clip shard; row i is clip i."""
+    n = len(clips)
+    return {
+        "audio": clips.audio,
+        "frame64": clips.frame64,
+        "frame88": clips.frame88,
+        "label": np.full(n, label, np.int16),
+        "split": np.full(n, SPLIT_CODES[split], np.uint8),
+        "video_id": np.array([video_id] * n, dtype=object),
+        "group": np.full(n, group, np.int16),
+        "clip_index": np.arange(n, dtype=np.int16),
+        "t_start": clips.t_start,
+        "t_end": clips.t_end,
+        "t_frame": clips.t_frame,
+        "source": np.array([source] * n, dtype=object),
+    }
+
+
+def write_clip_shard(
+    path: str | os.PathLike,
+    parts: Sequence[dict[str, np.ndarray]],
+    attrs: dict[str, Any],
+    videos: Sequence[str],
+    skipped: Sequence[Sequence[str]],
+) -> None:
+    """One clip shard, atomically: the rows of `parts` (clip_columns of each kept video, in order), the run's
+    file `attrs` (classes, sample_rate, window_s, samples, ...), the planned `videos` and the [path, reason]
+    of those `skipped`; code_version and created are filled in here."""
+    columns = concat_columns("clips", parts, attrs)
+    write_shard(
+        path,
+        "clips",
+        columns,
+        {**attrs, "code_version": code_version(), "created": now_utc(), "videos": list(videos),
+         "skipped": [list(s) for s in skipped]},
+    )
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:

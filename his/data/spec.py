@@ -2,7 +2,9 @@
 
     python -m his.data.spec check FILE...     lists every deviation; exit 1 on any
 
-The spec file at the repository root is the only description of the format; nothing here repeats it.
+The spec file is the only description of the format; nothing here repeats it. It ships inside the package,
+his/data/datasets.h5.spec (read with importlib.resources, so an installed copy finds it from any directory);
+datasets.h5.spec at the repository root is a symbolic link to it. HIS_SPEC=PATH reads another file instead.
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ import os
 import sys
 import tomllib
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-SPEC_PATH = Path(os.environ.get("HIS_SPEC", Path(__file__).resolve().parents[2] / "datasets.h5.spec"))
+SPEC_PATH = (Path(os.environ["HIS_SPEC"]) if os.environ.get("HIS_SPEC")
+             else resources.files("his.data") / "datasets.h5.spec")
 ROLES = ("shard", "index")
 
 
 @lru_cache(maxsize=4)
-def load_spec(path: str | os.PathLike = SPEC_PATH) -> dict:
-    with open(path, "rb") as f:
+def load_spec(path: str | os.PathLike | resources.abc.Traversable = SPEC_PATH) -> dict:
+    with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else path.open("rb")) as f:
         return tomllib.load(f)
 
 
@@ -56,6 +60,14 @@ def _resolve(dims: list, attrs: dict, n: int | None = None) -> list:
 def _chunk_shape(chunks: list, attrs: dict, shape: tuple) -> tuple:
     """The spec's chunk shape for a dataset of `shape`: "@attr" from attrs, a free dimension name from shape."""
     return tuple(shape[i] if isinstance(d, str) else d for i, d in enumerate(_resolve(chunks, attrs)))
+
+
+def dataset_shape(kind: str, name: str, attrs: dict, rows: int) -> tuple[int, ...]:
+    """The shape the spec gives dataset `name` of `kind` in a file with file attrs `attrs` and `rows` rows."""
+    shape = _resolve(kind_spec(kind)["datasets"][name]["shape"], attrs, rows)
+    if any(isinstance(d, str) for d in shape):
+        raise ValueError(f"dataset {name!r} of kind {kind!r} has a free dimension: {shape}")
+    return tuple(shape)
 
 
 def storage_options(kind: str, name: str, attrs: dict, shape: tuple) -> dict:

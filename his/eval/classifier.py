@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from his.frames import to_frames as images_to_frames  # noqa: F401  (the name it had here; tests import it)
+from his.frames import to_images
 from his.io import atomic_path
 
 # Bump when FrameNet or the training recipe changes, so old cache files are not reused.
@@ -60,18 +62,6 @@ class FrameNet(nn.Module):
         return self.head(features), features
 
 
-def frames_to_tensor(frames: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] on `device`."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def images_to_frames(images: torch.Tensor) -> np.ndarray:
-    """Generator output, float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), quantised as a saved image would be."""
-    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and a random shift of up to 4 px (reflect padding), one draw per image."""
     n = x.shape[0]
@@ -100,7 +90,7 @@ def _fit(
     generator = torch.Generator().manual_seed(training.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=training.lr, total_steps=training.steps)
-    x_all = frames_to_tensor(frames, device)
+    x_all = to_images(frames, device)
     targets = targets.to(device)
     n = len(frames)
     order = torch.randperm(n, generator=generator)
@@ -199,7 +189,7 @@ def run_net(
     """Head outputs (N, n_outputs) and penultimate features (N, feature_dim) as float64 for uint8 NHWC frames."""
     outputs, features = [], []
     for start in range(0, len(frames), batch_size):
-        output, feature = net(frames_to_tensor(frames[start : start + batch_size], device))
+        output, feature = net(to_images(frames[start : start + batch_size], device))
         outputs.append(output.double().cpu().numpy())
         features.append(feature.double().cpu().numpy())
     if not outputs:

@@ -28,7 +28,6 @@ from his.eval import figures
 from his.eval.classifier import (
     FrameNet,
     NetTraining,
-    images_to_frames,
     run_net,
     train_classifier,
     train_regressor,
@@ -41,6 +40,7 @@ from his.eval.metrics import (
     retrieval_recall,
     spearman,
 )
+from his.frames import to_frames
 from his.io import atomic_path, write_json
 
 GenerateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -107,7 +107,7 @@ def generate_samples(
     frames = []
     for start in range(0, n * k, batch_size):
         images = generate(repeated[start : start + batch_size].to(device), z[start : start + batch_size].to(device))
-        frames.append(images_to_frames(images))
+        frames.append(to_frames(images))
     return np.concatenate(frames).reshape(n, k, *frames[0].shape[1:])
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
+from his.frames import to_images
 from his.grid import grid_to_pil, make_grid
 from his.io import atomic_path
 
@@ -23,8 +23,7 @@ BACKGROUND = 255
 
 def image_grid(images: np.ndarray, n_columns: int) -> np.ndarray:
     """uint8 (N, H, W, 3) -> one uint8 image, `n_columns` per row, white padding (his.grid.make_grid)."""
-    as_generated = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return np.asarray(grid_to_pil(make_grid(as_generated, nrow=n_columns, padding=PAD)))
+    return np.asarray(grid_to_pil(make_grid(to_images(images), nrow=n_columns, padding=PAD)))
 
 
 def _scale_to_height(image: np.ndarray, height: int) -> np.ndarray:

@@ -28,9 +28,10 @@ from his.data.dataset import load_features, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.classifier import NetTraining
 from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
+from his.frames import centre_crop
 from his.models import build_generator
 from his.train.checkpoint import chosen_checkpoint, load_checkpoint, sampling_weights
-from his.train.config import IMAGE_SIZE, TrainConfig
+from his.train.config import TrainConfig
 
 
 @dataclass
@@ -49,13 +50,6 @@ class EvalConfig:
     classifier_steps: int = 400
     regressor_steps: int = 400
     figure8_class: str = ""  # default: the first class
-
-
-def _centre_crop(frames: np.ndarray) -> np.ndarray:
-    """The centre 64x64 of larger frames (frame88), as the trainer shows them."""
-    h, w = frames.shape[1:3]
-    top, left = (h - IMAGE_SIZE) // 2, (w - IMAGE_SIZE) // 2
-    return frames[:, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE]
 
 
 def _find_attributes(cfg: EvalConfig, index: Path, sources: np.ndarray) -> Path | None:
@@ -93,9 +87,9 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
         raise ConfigError(f"config: the clip set {index} has no test clips to evaluate on")
     data = EvalData(
         classes=read_classes(index),
-        train_frames=_centre_crop(train[train_cfg.frames]),
+        train_frames=centre_crop(train[train_cfg.frames]),
         train_labels=train["label"].astype(np.int64),
-        test_frames=_centre_crop(test[train_cfg.frames]),
+        test_frames=centre_crop(test[train_cfg.frames]),
         test_labels=test["label"].astype(np.int64),
         test_features=load_features(train_cfg.features, "test"),
         test_video_ids=test.get("video_id"),

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from his.constants import IMAGE_SIZE
 from his.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from his.train.config import IMAGE_SIZE, OBJECTIVE_DEFAULTS, GANConfig, PretrainConfig, TrainConfig, resolve
+from his.train.config import OBJECTIVE_DEFAULTS, GANConfig, PretrainConfig, TrainConfig, resolve
 
 __all__ = ["IMAGE_SIZE", "OBJECTIVE_DEFAULTS", "GANConfig", "NonFiniteLoss", "PretrainConfig", "TrainConfig",
            "latest_checkpoint", "load_checkpoint", "resolve", "run", "save_checkpoint"]

@@ -21,7 +21,6 @@ OBJECTIVE_DEFAULTS = {
     "hinge": dict(optimizer="adam", lr=2e-4, betas=[0.0, 0.9], n_critic=2, critic_norm="none", critic="projection",
                   spectral_norm=True),
 }
-IMAGE_SIZE = 64
 
 
 @dataclass
@@ -84,7 +83,7 @@ class TrainConfig(GANConfig):
 
     out: str = "runs/train"
     clips: str = ""  # clip data set dir (index.h5) or file
-    features: str = ""  # feature set dir (features.h5) or file, rows aligned with the clips
+    features: str = ""  # feature set dir (CLIPS/features/<sha12>/, holding index.h5), rows aligned with the clips
     frames: str = "frame64"  # frame64 | frame88 (88x66, random 64x64 crops, §5.3)
     cond_dim: int = 1024
     init_from: str = ""  # checkpoint to warm-start from (e.g. a pretrain run's); matching tensors only

@@ -17,7 +17,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from his.config import ConfigError
 from his.data.dataset import load_features, load_split, validation_mask
-from his.train.config import IMAGE_SIZE, PretrainConfig, TrainConfig
+from his.constants import IMAGE_SIZE
+from his.frames import centre_crop as crop_frames, scale_to_images, to_images
+from his.train.config import PretrainConfig, TrainConfig
 
 
 @dataclass
@@ -59,9 +61,9 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     """Train rows of the clip set and their features (his.data.dataset), plus fixed test rows for the grid."""
     index = _h5(cfg.clips, "index.h5", "clips")
     features_dir = Path(cfg.features)
-    feature_file = next((p for p in (features_dir / "index.h5", features_dir / "features.h5") if p.is_file()), None)
-    if not cfg.features or feature_file is None:
-        raise ConfigError(f"config: features={cfg.features!r}: no index.h5 or features.h5 there")
+    feature_file = features_dir / "index.h5"
+    if not cfg.features or not feature_file.is_file():
+        raise ConfigError(f"config: features={cfg.features!r}: no index.h5 there")
     with h5py.File(index, "r") as f, h5py.File(feature_file, "r") as g:
         if cfg.frames not in f:
             raise ConfigError(f"config: frames={cfg.frames!r} is not a dataset of {index}")
@@ -157,7 +159,7 @@ def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, 
     if flip:
         flipped = (torch.rand(b, generator=rng) < 0.5).to(device)
         images = torch.where(flipped[:, None, None, None], images.flip(3), images)
-    real = images.float().div_(127.5).sub_(1.0)
+    real = scale_to_images(images)
     real = real.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if data.cond is None:
         return real, None, None
@@ -170,10 +172,7 @@ def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, 
 
 
 def centre_crop(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, 64, 64) in [-1, 1], the centre 64x64."""
-    h, w = frames.shape[1:3]
-    top, left = (h - IMAGE_SIZE) // 2, (w - IMAGE_SIZE) // 2
-    x = torch.from_numpy(frames[:, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE])
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """uint8 (N, H, W, 3) -> float (N, 3, 64, 64) in [-1, 1], the centre 64x64 (his.frames, as images)."""
+    return to_images(crop_frames(frames))
 
 
