@@ -7,7 +7,10 @@ type fails before any work starts, naming the field.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -30,21 +33,95 @@ def load_config(cls: type[T], toml_path: str | os.PathLike | None = None, overri
     try:
         merged = OmegaConf.structured(cls)
         if toml_path is not None:
-            with open(toml_path, "rb") as f:
-                merged = OmegaConf.merge(merged, tomllib.load(f))
+            try:
+                with open(toml_path, "rb") as f:
+                    merged = OmegaConf.merge(merged, tomllib.load(f))
+            except OSError as e:
+                raise ConfigError(f"config: {toml_path}: {e.strerror or e}") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config: {toml_path}: {e}") from None
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+        line, key = str(e).splitlines()[0], getattr(e, "full_key", None)
+        raise ConfigError(f"config: {key}: {line}" if key and f"'{key}'" not in line else f"config: {line}") from None
 
 
-def config_from_argv(cls: type[T], argv: Sequence[str]) -> T:
-    """A stage's command line, `[CONFIG.toml] [key=value ...]`, as its config."""
-    toml = argv[0] if argv and "=" not in argv[0] else None
-    return load_config(cls, toml, argv[1:] if toml else argv)
+def config_from_argv(cls: type[T], argv: Sequence[str] | None = None, *, prog: str = "", doc: str | None = None,
+                     positional: str = "") -> T:
+    """A stage's command line, `[CONFIG.toml] [key=value ...]`, as its config: the one parser of every stage.
+
+    The argument ending in .toml is the config file; with `positional` (a field name) one other bare argument
+    is shorthand for `positional=ARG` (his.eval: `RUN_DIR` for `run=RUN_DIR`). `-h`/`--help` prints `doc` and
+    every field with its type and default, then exits 0; a bad argument, key or value prints one line naming
+    it to stderr and exits 2 (SystemExit, as argparse does).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or cls.__module__
+    if "-h" in args or "--help" in args:
+        print(config_help(cls, doc, positional))
+        raise SystemExit(0)
+    toml, bare, overrides = None, [], []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif a.endswith(".toml") and toml is None:
+            toml = a
+        else:
+            bare.append(a)
+    if bare and (not positional or len(bare) > 1 or bare[0].endswith(".toml")):
+        expected = f"CONFIG.toml, {positional.upper()} or key=value" if positional else "CONFIG.toml or key=value"
+        raise SystemExit(config_error(prog, f"unexpected argument(s) {' '.join(bare)} (expected {expected}; "
+                                            "--help lists the keys)"))
+    try:
+        return load_config(cls, toml, [f"{positional}={b}" for b in bare] + overrides)
+    except ConfigError as e:
+        raise SystemExit(config_error(prog, e)) from None
+
+
+def config_error(prog: str, error: Any) -> int:
+    """Say `error` as one line on stderr; returns 2, the exit status of every stage for a config it cannot use."""
+    print(f"{prog}: {error}", file=sys.stderr)
+    return 2
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The `# ...` comment after each field in the source of `cls` and its dataclass bases (nearest wins)."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def config_help(cls: type, doc: str | None = None, positional: str = "") -> str:
+    """`doc`, then one line per field of the dataclass `cls`: name, type, default and its source comment."""
+    comments = _field_comments(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append((f"{f.name}: {type_name} = {default!r}", comments.get(f.name, "")))
+    width = min(40, max(len(r[0]) for r in rows))  # a long default pushes only its own comment on
+    shorthand = f"; a bare {positional.upper()} means {positional}={positional.upper()}" if positional else ""
+    lines = [(doc or "").strip(), "",
+             f"{cls.__name__} keys (key=value; defaults, then CONFIG.toml, then overrides{shorthand}):"]
+    lines += [f"  {left:<{width}}  {comment}".rstrip() for left, comment in rows]
+    return "\n".join(lines).lstrip("\n")
 
 
 def config_to_dict(cfg: Any) -> dict:

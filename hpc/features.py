@@ -7,7 +7,6 @@ one) and extracts whole clip shards; the driver then standardises, indexes and d
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import ray
 import torch
@@ -16,8 +15,9 @@ from tqdm import tqdm
 
 from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, load_feature_model,
                                 pending_jobs, plan, summary_if_complete)
-from his.config import config_from_argv
+from his.config import ConfigError, config_from_argv, config_error
 from his.distributed import choose_device
+from his.log import setup_logging
 
 
 @dataclasses.dataclass
@@ -62,7 +62,12 @@ def run(cfg: PoolFeaturesConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(run(config_from_argv(PoolFeaturesConfig, sys.argv[1:] if argv is None else argv)))
+    setup_logging()
+    cfg = config_from_argv(PoolFeaturesConfig, argv, prog="hpc.features", doc=__doc__)
+    try:
+        print(run(cfg))
+    except ConfigError as e:
+        return config_error("hpc.features", e)
     return 0
 
 

@@ -50,6 +50,7 @@ from his.audio.finetune import FinetuneConfig
 from his.config import ConfigError, config_to_dict, load_config
 from his.data.shards import sha256_file
 from his.eval.stage import EvalConfig
+from his.log import setup_logging
 from his.train import PretrainConfig, TrainConfig, latest_checkpoint
 from hpc.features import PoolFeaturesConfig
 from hpc.slurm import Resources, SlurmError, fit_to_partition, parse_time
@@ -274,6 +275,7 @@ class StageJob(submitit.helpers.Checkpointable):
         self.requeues = 0
 
     def __call__(self) -> dict:
+        setup_logging()  # the stages' status lines (his.* loggers) to stdout, the job's log
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # Each rank picks its GPU from LOCAL_RANK, so every task keeps seeing all of its node's GPUs.

@@ -392,4 +392,7 @@ def test_python_m_his_eval_on_a_run_directory(data, datasets, tmp_path):
     events.Reload()
     assert events.Scalars("eval/conditional_accuracy")[0].step == 2
 
-    assert main([str(tmp_path / "nowhere")]) == 2
+    assert main([f"run={tmp_path / 'nowhere'}"]) == 2  # a bare RUN_DIR is shorthand for run=RUN_DIR
+    with pytest.raises(SystemExit) as e:
+        main([str(run_dir), str(tmp_path / "nowhere")])
+    assert e.value.code == 2

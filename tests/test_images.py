@@ -43,12 +43,13 @@ def test_ingest_output_passes_the_spec_check(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_rerun_over_unchanged_inputs_does_nothing(tmp_path, capsys):
+def test_rerun_over_unchanged_inputs_does_nothing(tmp_path, caplog):
     src = make_tree(tmp_path / "ppmi")
     ingest(src, tmp_path / "out")
     before = (tmp_path / "out" / "images-00000.h5").stat().st_mtime_ns
-    ingest(src, tmp_path / "out")
-    assert "up to date" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="his.data.images"):
+        ingest(src, tmp_path / "out")
+    assert "up to date" in caplog.text
     assert (tmp_path / "out" / "images-00000.h5").stat().st_mtime_ns == before
 
 

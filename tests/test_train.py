@@ -1,6 +1,8 @@
 """The training loop on tiny generated data sets: objectives, exact resume, checkpoints, TensorBoard, DDP."""
 
+import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from his.config import ConfigError
+from his.config import ConfigError, save_config
 from his.train import (
     NonFiniteLoss, PretrainConfig, TrainConfig, latest_checkpoint, load_checkpoint, run, save_checkpoint,
 )
@@ -175,6 +177,37 @@ def test_config_errors_name_the_field_before_training(clips, tmp_path):
     with pytest.raises(ConfigError, match=r"features=.*: no index\.h5 there"):
         run(tiny(clips, tmp_path / "e", features=str(clips / "features")))
     assert not any((tmp_path / x).exists() for x in "abcde")
+
+
+def test_cli_takes_a_config_file_then_overrides_and_says_its_status_on_stdout(clips, tmp_path, capsys):
+    from his.train.__main__ import main
+
+    save_config(tiny(clips, tmp_path / "run", max_steps=5), tmp_path / "cfg.toml")
+    assert main(["train", str(tmp_path / "cfg.toml"), "max_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"his\.train\.loop: training wgan-gp \(conditional\) on \w+, 1 rank\(s\)", out)
+    assert '"status": "completed", "step": 2' in out
+    assert main([str(tmp_path / "cfg.toml"), "max_steps=3"]) == 0  # "train" is the default stage
+    assert re.search(r"his\.train\.loop: resumed from .*step-00000002\.pt at step 2", capsys.readouterr().out)
+
+
+def test_cli_help_lists_every_field_and_a_bad_argument_is_one_line_and_exit_2(capsys):
+    from his.train.__main__ import main
+
+    for argv, cls in ((["--help"], TrainConfig), (["pretrain", "-h"], PretrainConfig)):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and "python -m his.train [train|pretrain]" in out and f"{cls.__name__} keys" in out
+        for f in dataclasses.fields(cls):
+            assert f"\n  {f.name}: {f.type} = " in out, f.name
+    assert "  max_steps: int = 0 " in out and "generator steps; 0 = run `epochs`" in out  # type, default, comment
+    for argv, named in ((["max_steps=abc"], "max_steps"), (["pretrain", "nosuch=1"], "nosuch"),
+                        (["prtrain"], "prtrain"), (["missing.toml"], "missing.toml"), (["bf16"], "bf16")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and named in err, (argv, err)
 
 
 def test_tensorboard_events_hold_scalars_and_sample_images(clips, tmp_path):

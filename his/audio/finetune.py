@@ -12,9 +12,9 @@ with the torch.distributed environment variables (torchrun, or hpc.launch).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,9 +30,12 @@ from tqdm import tqdm
 
 from his.audio.soundnet import LAYER_CHANNELS, LAYERS, SoundNet8, load_pretrained
 from his.data.dataset import load_split, read_classes, validation_mask
-from his.config import config_from_argv, config_to_dict, save_config
+from his.config import ConfigError, config_from_argv, config_to_dict, config_error, save_config
 from his.distributed import setup_distributed
 from his.io import atomic_path, write_json
+from his.log import setup_logging
+
+log = logging.getLogger("his.audio.finetune")  # not __name__, which is "__main__" under python -m
 
 
 @dataclasses.dataclass
@@ -206,7 +209,7 @@ def run(cfg: FinetuneConfig) -> dict:
             writer.add_scalar("finetune/loss", loss_sum / max(seen, 1), epoch)
             writer.add_scalar("finetune/val_accuracy", val, epoch)
             writer.add_scalar("finetune/clips_per_s", seen * world / (time.perf_counter() - started), epoch)
-            print(f"epoch {epoch}: loss {loss_sum / max(seen, 1):.4f} val {val:.3f}", file=sys.stderr)
+            log.info(f"epoch {epoch}: loss {loss_sum / max(seen, 1):.4f} val {val:.3f}")
             if improved:
                 save_checkpoint(checkpoint, model, cfg, classes, {"epoch": epoch, "val_accuracy": val})
         if improved:
@@ -232,7 +235,12 @@ def run(cfg: FinetuneConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    summary = run(config_from_argv(FinetuneConfig, sys.argv[1:] if argv is None else argv))
+    setup_logging()
+    cfg = config_from_argv(FinetuneConfig, argv, prog="his.audio.finetune", doc=__doc__)
+    try:
+        summary = run(cfg)
+    except ConfigError as e:
+        return config_error("his.audio.finetune", e)
     print({k: v for k, v in summary.items() if k != "classes"})
     return 0
 

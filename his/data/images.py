@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,9 @@ from tqdm import tqdm
 from his.constants import IMAGE_SIZE
 from his.data.shards import build_index, code_version, now_utc, write_manifest, write_shard
 from his.io import write_json
+from his.log import setup_logging
+
+log = logging.getLogger("his.data.images")  # not __name__, which is "__main__" under python -m
 
 
 def load_image(path: str | os.PathLike, crop: tuple[int, int] | None = None) -> np.ndarray:
@@ -61,7 +65,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, shard_images: int = 4
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and (out / "index.h5").exists():
         if json.loads(manifest_path.read_text()).get("inputs_sha256") == digest:
-            print(f"{out}: up to date ({manifest_path})")
+            log.info(f"{out}: up to date ({manifest_path})")
             return json.loads((out / "report.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("images-*.h5"):
@@ -83,7 +87,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, shard_images: int = 4
             sources.append(str(path))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+            log.warning(f"skipped {path}: {reason}")
             skipped.append({"path": str(path), "reason": reason})
         if len(images) == shard_images:
             flush()
@@ -96,7 +100,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, shard_images: int = 4
               "crop": list(crop) if crop else None}
     write_json(out / "report.json", report)
     write_manifest(manifest_path, "images", shards, {"src": str(src), "inputs_sha256": digest})
-    print(f"{out}: {total} images in {len(shards)} shard(s), {len(skipped)} file(s) skipped")
+    log.info(f"{out}: {total} images in {len(shards)} shard(s), {len(skipped)} file(s) skipped")
     return report
 
 
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-images", type=int, default=4096)
     parser.add_argument("--crop", default=None, help="centre crop WxH of each original first, e.g. 200x190")
     args = parser.parse_args(argv)
+    setup_logging()
     crop = tuple(int(v) for v in args.crop.lower().split("x")) if args.crop else None
     try:
         ingest(args.src, args.out, args.shard_images, crop)

@@ -1,6 +1,6 @@
 """The `evaluate` stage: evaluate a his.train run directory.
 
-    python -m his.eval RUN_DIR [CONFIG.toml] [key=value ...]
+    python -m his.eval [CONFIG.toml] run=RUN_DIR [key=value ...]      (or a bare RUN_DIR for run=RUN_DIR)
 
 reads RUN_DIR/config.toml (the run's resolved TrainConfig) and its newest checkpoint (or `checkpoint=`), loads
 the run's clip set and SoundNet features, draws K samples per held-out test sound (and K from the sound of a test
@@ -14,7 +14,7 @@ when one is found above the source videos (or `attributes=`).
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,18 @@ import h5py
 import numpy as np
 import torch
 
-from his.config import ConfigError, load_config
+from his.config import ConfigError, config_error, config_from_argv, load_config
 from his.data.dataset import load_features, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.classifier import NetTraining
 from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
 from his.frames import centre_crop
+from his.log import setup_logging
 from his.models import build_generator
 from his.train.checkpoint import chosen_checkpoint, load_checkpoint, sampling_weights
 from his.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,7 +105,7 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
     data.train_attributes = _attribute_columns(attributes, train["video_id"], cfg.attribute_names)
     data.test_attributes = _attribute_columns(attributes, test["video_id"], cfg.attribute_names)
     if data.train_attributes is None or data.test_attributes is None:
-        print(f"his.eval: {attributes} does not list every clip of {index}; no attribute following")
+        log.warning(f"{attributes} does not list every clip of {index}; no attribute following")
     return data
 
 
@@ -161,20 +164,12 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in args if "=" in a]
-    positional = [a for a in args if "=" not in a]
-    toml = next((a for a in positional if a.endswith(".toml")), None)
-    run_dirs = [a for a in positional if a != toml]
-    if len(run_dirs) > 1:
-        print(f"his.eval: one run directory, not {run_dirs}", file=sys.stderr)
-        return 2
+    setup_logging()
+    cfg = config_from_argv(EvalConfig, argv, prog="his.eval", doc=__doc__, positional="run")
     try:
-        cfg = load_config(EvalConfig, toml, overrides + [f"run={d}" for d in run_dirs])
         summary = run(cfg)
     except ConfigError as e:
-        print(f"his.eval: {e}", file=sys.stderr)
-        return 2
+        return config_error("his.eval", e)
     print(Path(summary["table"]).read_text())
     print(json.dumps({k: summary[k] for k in ("checkpoint", "results", "figures")}, indent=2))
     return 0

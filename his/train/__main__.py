@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 import his.train
-from his.config import ConfigError, load_config
+from his.config import ConfigError, config_error, config_from_argv
+from his.log import setup_logging
 from his.train.config import PretrainConfig, TrainConfig
 from his.train.loop import NonFiniteLoss, run
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help"):
-        print(his.train.__doc__)
-        print("fields (key=value):", ", ".join(f.name for f in dataclasses.fields(TrainConfig)))
-        return 0
     stage = args.pop(0) if args and args[0] in ("train", "pretrain") else "train"
-    toml = args.pop(0) if args and args[0].endswith(".toml") else None
+    prog = "his.train pretrain" if stage == "pretrain" else "his.train"
+    cfg = config_from_argv(PretrainConfig if stage == "pretrain" else TrainConfig, args, prog=prog,
+                           doc=his.train.__doc__)
     try:
-        cfg = load_config(PretrainConfig if stage == "pretrain" else TrainConfig, toml, args)
         summary = run(cfg)
-    except (ConfigError, NonFiniteLoss) as e:
-        print(e, file=sys.stderr)
+    except ConfigError as e:
+        return config_error(prog, e)
+    except NonFiniteLoss as e:
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in summary.items() if k != "final"}))
     return 0

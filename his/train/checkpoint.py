@@ -8,6 +8,7 @@ noise as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import nn
 from his.io import atomic_path
 
 BEST = "best.pt"
+
+log = logging.getLogger(__name__)
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -78,7 +81,7 @@ def chosen_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]
         try:
             return best, load_checkpoint(best)
         except Exception as e:
-            print(f"checkpoint {best}: unreadable ({type(e).__name__}); using the newest instead")
+            log.warning(f"checkpoint {best}: unreadable ({type(e).__name__}); using the newest instead")
     return latest_checkpoint(run_dir)
 
 
@@ -92,7 +95,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]
         try:
             return path, load_checkpoint(path)
         except Exception as e:  # a torn or foreign file: fall back to the previous one
-            print(f"checkpoint {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); trying an older one")
+            log.warning(f"checkpoint {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        "trying an older one")
     return None
 
 

@@ -5,6 +5,7 @@ Only rank 0 writes logs and checkpoints. Everything a run writes lives in `cfg.o
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from his.train.checkpoint import (
 from his.train.config import GANConfig, TrainConfig, resolve
 from his.train.data import Batches, TrainingData, WrongSounds, centre_crop, load_clips, load_images, make_batch
 from his.train.validation import ValidationAccuracy
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -269,7 +272,7 @@ def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool,
 def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopRequest) -> dict[str, Any]:
     conditional = data.cond is not None
     run_dir, device, world = Path(cfg.out), dd.device, dd.world
-    say = print if dd.is_main else (lambda *a, **k: None)
+    say = log.info if dd.is_main else (lambda *a, **k: None)  # status lines from rank 0 only
 
     gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device)
     (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say)
