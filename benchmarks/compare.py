@@ -1,87 +1,155 @@
-"""GAN-CLS vs WGAN (clipping) vs WGAN-GP, each from scratch and warm-started from the unconditional WGAN
-pretrained on the PPMI-style images: same data, same generator steps, same widths; then his.eval's numbers.
+"""Every objective on the same budget, on rooms that give the class away and rooms that do not, 3 and 10 classes.
 
-    python benchmarks/compare.py --clips demo/clips --images demo/images --out demo/compare [--steps 300]
-        [key=value ...]      # TrainConfig overrides shared by every variant, e.g. ngf=16 ndf=16
+    python -m benchmarks.compare --out compare [--rooms shared,per-class] [--classes 3,10]
+        [--objectives gan-cls,wgan,wgan-gp,hinge] [--steps 600] [--seed 0] [key=value ...]
 
-Prints a markdown table, writes OUT/compare.md and OUT/compare.json. Every run lives in OUT/<variant>/ and is
-resumed or skipped when it is already there, so an interrupted comparison continues where it stopped.
+For each data set (rooms x classes) `make demo`'s pipeline makes the data, fine-tunes SoundNet, extracts the
+features and trains the demo's own recipe (row "demo"); then each objective trains from scratch with the same
+widths, batch and generator steps (its own optimiser defaults, DiffAugment and an EMA for hinge), and his.eval
+scores the checkpoint chosen on validation groups. key=value overrides apply to every variant.
+
+Columns: conditional accuracy on held-out sounds (and as a fraction of the real-frame ceiling), the shuffled-
+sound control (images from another class's sound, read as the clip's own class: near 0 when images follow the
+sound), class R@1, intra-class FID, diversity within one sound over the real frames', Spearman within class of
+loudness and register, and the wall time until the validation accuracy first reached 80% / 90% of the
+validation ceiling (from the TensorBoard curve, "-" if never). Prints markdown, writes OUT/compare.md and
+OUT/compare.json; finished runs are skipped on a rerun, so an interrupted comparison continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from his.config import load_config
 from his.eval.stage import EvalConfig, run as evaluate
 from his.io import write_json
-from his.train import PretrainConfig, TrainConfig, latest_checkpoint, run as train
+from his.synth import ALL_CLASSES
+from his.train import TrainConfig, run as train
 
-OBJECTIVES = ("gan-cls", "wgan", "wgan-gp")
-COLUMNS = [("conditional_accuracy", "cond. acc."), ("class_r1", "class R@1"), ("intra_fid", "intra-class FID"),
-           ("fid", "FID"), ("diversity_within_sound", "diversity (1 sound)"), ("train_s", "train s")]
+ROOT = Path(__file__).resolve().parents[1]
+CLASS_SETS = {3: ("PlayingCello", "PlayingDhol", "PlayingSitar"), 10: ALL_CLASSES}
+RECIPES = {  # per objective, beyond its OBJECTIVE_DEFAULTS
+    "gan-cls": [], "wgan": [], "wgan-gp": [],
+    "hinge": ["diffaugment=color,translation,cutout", "ema_decay=0.999"],
+}
+BUDGET = ["ngf=16", "ndf=16", "batch_size=32", "log_every=20", "sample_every=100000", "ckpt_every=200",
+          "val_fraction=0.2", "val_every=50"]
+COLUMNS = [("conditional_accuracy", "cond. acc."), ("of_ceiling", "of ceiling"), ("shuffled_accuracy", "shuffled"),
+           ("class_r1", "class R@1"), ("intra_fid", "intra-FID"), ("diversity_ratio", "diversity / real"),
+           ("spearman_loudness", "ρ loudness"), ("spearman_register", "ρ register"),
+           ("s_to_80", "s to 80%"), ("s_to_90", "s to 90%"), ("train_s", "train s")]
 
 
 def newest_features(clips: Path) -> Path:
     found = sorted((clips / "features").glob("*/index.h5"), key=lambda p: p.stat().st_mtime)
     if not found:
-        sys.exit(f"compare: no feature set under {clips / 'features'} (run hpc.features or make demo first)")
+        sys.exit(f"compare: no feature set under {clips / 'features'}")
     return found[-1].parent
+
+
+def time_to(run_dir: Path, fraction: float) -> float | None:
+    """Seconds from the start of training until val/conditional_accuracy first reached fraction x val/ceiling."""
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()
+    if "val/ceiling" not in events.Tags()["scalars"]:
+        return None
+    (ceiling,) = events.Scalars("val/ceiling")[-1:]
+    reached = [e for e in events.Scalars("val/conditional_accuracy") if e.value >= fraction * ceiling.value]
+    return round(reached[0].wall_time - ceiling.wall_time, 1) if reached else None
+
+
+def row_of(name: str, run_dir: Path, train_s: float | None) -> dict:
+    results = evaluate(EvalConfig(run=str(run_dir)))
+    overall = json.loads(Path(results["results"]).read_text())
+    attributes = overall.get("attributes", {})
+    o = overall["overall"]
+    row = {"variant": name, "checkpoint": results["checkpoint"], "train_s": train_s,
+           "s_to_80": time_to(run_dir, 0.8), "s_to_90": time_to(run_dir, 0.9),
+           **{k: o.get(k) for k in ("conditional_accuracy", "shuffled_accuracy", "class_r1", "intra_fid", "fid",
+                                    "ceiling_accuracy", "chance_accuracy")}}
+    row["of_ceiling"] = o["conditional_accuracy"] / o["ceiling_accuracy"] if o.get("ceiling_accuracy") else None
+    if o.get("diversity_within_sound") and o.get("diversity_within_sound_real"):
+        row["diversity_ratio"] = o["diversity_within_sound"] / o["diversity_within_sound_real"]
+    for attribute in ("loudness", "register"):
+        key = next((k for k in attributes if k.startswith(attribute) or k.startswith(f"pitch_{attribute}")), None)
+        row[f"spearman_{attribute}"] = attributes[key]["spearman_within_class"] if key else None
+    return row
+
+
+def compare_data_set(out: Path, rooms: str, n_classes: int, objectives: list[str], steps: int, seed: int,
+                     overrides: list[str]) -> list[dict]:
+    cell = out / f"{rooms}-{n_classes}"
+    started = time.monotonic()
+    demo = subprocess.run([sys.executable, "-m", "hpc.demo", "--out", str(cell), "--rooms", rooms,
+                           "--classes", ",".join(CLASS_SETS[n_classes]), f"train.seed={seed}"], cwd=ROOT)
+    if demo.returncode != 0:
+        sys.exit(f"compare: the demo pipeline for {cell} failed (exit {demo.returncode})")
+    rows = [{**row_of("demo", cell / "run" / "train", None), "pipeline_s": round(time.monotonic() - started, 1)}]
+    features = newest_features(cell / "clips")
+    for objective in objectives:
+        run_dir = cell / objective
+        cfg = load_config(TrainConfig, None, [f"clips={cell / 'clips'}", f"features={features}", f"out={run_dir}",
+                                              f"objective={objective}", f"max_steps={steps}", f"seed={seed}",
+                                              *BUDGET, *RECIPES[objective], *overrides])
+        timing = run_dir / "compare_train_s.json"  # a rerun finds the run complete: keep its first timing
+        if not timing.is_file():
+            started = time.monotonic()
+            train(cfg)
+            write_json(timing, {"train_s": round(time.monotonic() - started, 1)})
+        rows.append(row_of(objective, run_dir, json.loads(timing.read_text())["train_s"]))
+    for row in rows:
+        row.update(rooms=rooms, classes=n_classes)
+        print(f"compare: {rooms}-{n_classes} {row['variant']}: {json.dumps(row)}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| data | variant | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append(f"| {row['rooms']} rooms, {row['classes']} classes (ceiling {cell(row['ceiling_accuracy'])}, "
+                     f"chance {cell(row['chance_accuracy'])}) | {row['variant']} | "
+                     + " | ".join(cell(row.get(k)) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", required=True, type=Path)
-    p.add_argument("--images", required=True, type=Path)
-    p.add_argument("--features", type=Path, help="feature set dir (default: the newest under CLIPS/features)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--steps", type=int, default=300, help="generator steps per variant")
-    p.add_argument("--pretrain-steps", type=int, default=150)
-    p.add_argument("--pretrain-objective", default="wgan", help="the report's unconditional WGAN (clipping)")
+    p.add_argument("--rooms", default="shared,per-class")
+    p.add_argument("--classes", default="3,10")
+    p.add_argument("--objectives", default=",".join(RECIPES))
+    p.add_argument("--steps", type=int, default=600, help="generator steps per variant")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    features = args.features or newest_features(args.clips)
-    common = [f"max_steps={args.steps}", "log_every=20", "sample_every=100000", "ckpt_every=100", *args.overrides]
-
-    pretrain_dir = args.out / "pretrain"
-    pretrain_cfg = load_config(PretrainConfig, None, [f"images={args.images}", f"out={pretrain_dir}",
-                                                      f"objective={args.pretrain_objective}", f"max_steps={args.pretrain_steps}",
-                                                      *[o for o in common if not o.startswith("max_steps=")]])
-    train(pretrain_cfg)
-    pretrained = str(latest_checkpoint(pretrain_dir)[0])
-
+    objectives = args.objectives.split(",")
+    if unknown := sorted(set(objectives) - set(RECIPES)):
+        p.error(f"unknown objective(s) {unknown}; known: {list(RECIPES)}")
     rows = []
-    for objective in OBJECTIVES:
-        for warm in (False, True):
-            name = f"{objective}{'-warm' if warm else ''}"
-            run_dir = args.out / name
-            cfg = load_config(TrainConfig, None, [f"clips={args.clips}", f"features={features}", f"out={run_dir}",
-                                                  f"objective={objective}", *common,
-                                                  *([f"init_from={pretrained}"] if warm else [])])
-            started = time.monotonic()
-            summary = train(cfg)
-            train_s = time.monotonic() - started
-            results = evaluate(EvalConfig(run=str(run_dir)))
-            rows.append({"variant": name, "objective": objective, "warm_start": warm, "steps": summary["step"],
-                         "train_s": round(train_s, 1), **{k: results[k] for k, _ in COLUMNS if k in results}})
-            print(f"compare: {name}: {json.dumps(rows[-1])}", flush=True)
-
-    table = ["| variant | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        cells = [f"{row[k]:.3g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k, _ in COLUMNS]
-        table.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
-    ceiling = results.get("ceiling_accuracy")
-    text = "\n".join(table) + (f"\n\nFrame classifier ceiling (real test frames): {ceiling:.3g}\n" if ceiling else "\n")
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.md").write_text(text)
-    write_json(args.out / "compare.json", {"steps": args.steps, "overrides": args.overrides, "rows": rows,
-                                           "ceiling_accuracy": ceiling})
+    for rooms in args.rooms.split(","):
+        for n_classes in (int(n) for n in args.classes.split(",")):
+            if n_classes not in CLASS_SETS:
+                p.error(f"--classes: {n_classes} is not one of {sorted(CLASS_SETS)}")
+            rows += compare_data_set(args.out, rooms, n_classes, objectives, args.steps, args.seed, args.overrides)
+            text = markdown(rows)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "compare.md").write_text(text)
+            write_json(args.out / "compare.json", {"steps": args.steps, "seed": args.seed, "budget": BUDGET,
+                                                   "recipes": RECIPES, "overrides": args.overrides, "rows": rows})
+    print(markdown(rows))
     return 0
 
 

@@ -8,6 +8,7 @@ Every step skips work already done, so a second `make demo` only prints the resu
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -26,12 +27,21 @@ def step(name: str, args: list[str], timings: list[tuple[str, float]]) -> None:
         sys.exit(f"make demo: step {name!r} failed (exit {done.returncode})")
 
 
+def headline(overall: dict) -> str:
+    """The numbers that say whether the images follow the sound, against what real frames score."""
+    acc, ceiling, chance = overall["conditional_accuracy"], overall["ceiling_accuracy"], overall["chance_accuracy"]
+    return (f"conditional accuracy {acc:.3f} on held-out sounds = {acc / ceiling:.0%} of the real-frame ceiling "
+            f"{ceiling:.3f}; shuffled-sound control {overall['shuffled_accuracy']:.3f} (chance {chance:.3f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpc.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo", help="everything the demo writes goes here")
     p.add_argument("--classes", default=CLASSES)
     p.add_argument("--videos-per-class", type=int, default=20)
-    p.add_argument("--groups", type=int, default=10, help="players per class; with 5 a frame classifier learns rooms")
+    p.add_argument("--groups", type=int, default=10, help="players (each in a room of their own) per class")
+    p.add_argument("--rooms", choices=("shared", "per-class"), default="shared",
+                   help="rooms drawn from pools shared by every class, or one room scheme per class (the old data)")
     p.add_argument("--ppmi-images", type=int, default=200)
     p.add_argument("--config", default=str(ROOT / "configs" / "demo.toml"), help="PipelineConfig for the run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="passed to hpc.launch")
@@ -42,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     step("synth", ["-m", "his.synth", "--out", str(data), "--classes", args.classes,
-                   "--videos-per-class", str(args.videos_per_class), "--groups", str(args.groups), "--ppmi-images", str(args.ppmi_images)], timings)
+                   "--videos-per-class", str(args.videos_per_class), "--groups", str(args.groups), "--rooms", args.rooms,
+                   "--ppmi-images", str(args.ppmi_images)], timings)
     step("preprocess", ["-m", "hpc.preprocess", "--videos", str(data / "UCF-101"), "--splits",
                         str(data / "ucfTrainTestlist"), "--classes", args.classes, "--out", str(clips)], timings)
     step("images", ["-m", "his.data.images", "--src", str(data / "PPMI"), "--out", str(images)], timings)
@@ -53,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n==> results")
     results = run / "eval" / "results.md"
     print(results.read_text() if results.exists() else f"(no {results})")
+    if (run / "eval" / "results.json").is_file():
+        print(headline(json.loads((run / "eval" / "results.json").read_text())["overall"]))
     for png in sorted((run / "eval").glob("*.png")):
         print(f"figure: {png}")
     print("\nstep        seconds")
