@@ -374,17 +374,19 @@ def test_compile_trains_like_eager(clips, tmp_path):
 
 
 def test_ema_is_the_moving_average_of_the_generator_steps(clips, tmp_path):
-    """Runs are deterministic, so the k-step run's generator is step k's: EMA_1 = G_1, EMA_k = d EMA_k-1 + (1-d) G_k."""
-    decay = 0.5
+    """Runs are deterministic, so the k-step run's generator is step k's: EMA_1 = G_1, EMA_k = d EMA_k-1 + (1-d) G_k
+    with the warm-up d = min(decay, (1 + n) / (10 + n)) after n updates."""
+    decay = 0.15
     kw = dict(MODERN, ema_decay=decay)
     gens = [load_checkpoint(Path(run(tiny(clips, tmp_path / str(k), max_steps=k, **kw))["checkpoint"])) for k in (1, 2, 3)]
     from his.train.checkpoint import sampling_weights
 
     expected = {k: v.clone() for k, v in gens[0]["generator"].items()}
-    for ckpt in gens[1:]:
+    for n, ckpt in enumerate(gens[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))  # 0.15 then 0.15: the warm-up (2/11 = 0.18, 3/12 = 0.25) is above it
         for k, v in ckpt["generator"].items():
             if v.is_floating_point():
-                expected[k] = decay * expected[k] + (1 - decay) * v
+                expected[k] = d * expected[k] + (1 - d) * v
     for k, v in sampling_weights(gens[2]).items():
         if v.is_floating_point():
             torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -432,3 +434,14 @@ def test_validation_needs_video_groups(datasets, tmp_path):
         del f["group"]
     with pytest.raises(ConfigError, match="val_fraction=0.2 needs the clips' video groups"):
         run(tiny(clips, tmp_path / "run", val_fraction=0.2))
+
+
+def test_ema_warm_up_follows_the_generator_early():
+    from his.train.loop import ema_with_warmup
+
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    ema_with_warmup(0.999)(averaged, current, torch.tensor(1))  # after one update the decay is 2/11, not 0.999
+    torch.testing.assert_close(averaged[0], torch.full((3,), 9 / 11))
+    averaged = [torch.zeros(3)]
+    ema_with_warmup(0.999)(averaged, current, torch.tensor(100_000))
+    torch.testing.assert_close(averaged[0], torch.full((3,), 0.001))

@@ -112,10 +112,21 @@ def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device) -> GAN:
     if cfg.channels_last:
         generator, critic = generator.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
     # The EMA averages batch-norm statistics too (use_buffers), so its samples need no statistics of their own.
-    ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+    ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True) \
         if cfg.ema_decay > 0 else None
     return GAN(generator, critic, _optimiser(cfg, generator.parameters()), _optimiser(cfg, critic.parameters()),
                generator, critic, critic, critic, ema)
+
+
+def ema_with_warmup(decay: float) -> Callable:
+    """EMA whose decay after n updates is min(decay, (1 + n) / (10 + n)), as TensorFlow's ExponentialMovingAverage
+    with num_updates: a plain 0.999 average still holds about half of the initial weights after 600 steps."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, num_averaged)
+
+    return update
 
 
 def distribute(gan: GAN, cfg: GANConfig, dd: Distributed) -> None:
