@@ -227,7 +227,7 @@ def test_preempted_train_requeues_and_ends_as_an_uninterrupted_run(tiny_pipeline
     (job,), _ = launch(args)
     log = lambda: "\n".join(p.read_text() for p in Path(job.paths.folder).glob("*_log.out"))
     deadline = time.monotonic() + 300
-    while "training wgan-gp" not in log():
+    while "training hinge" not in log():
         assert time.monotonic() < deadline, "the job never started training"
         time.sleep(0.5)
     time.sleep(1.0)

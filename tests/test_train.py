@@ -185,7 +185,7 @@ def test_cli_takes_a_config_file_then_overrides_and_says_its_status_on_stdout(cl
     save_config(tiny(clips, tmp_path / "run", max_steps=5), tmp_path / "cfg.toml")
     assert main(["train", str(tmp_path / "cfg.toml"), "max_steps=2"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"his\.train\.loop: training wgan-gp \(conditional\) on \w+, 1 rank\(s\)", out)
+    assert re.search(r"his\.train\.loop: training hinge \(conditional\) on \w+, 1 rank\(s\)", out)
     assert '"status": "completed", "step": 2' in out
     assert main([str(tmp_path / "cfg.toml"), "max_steps=3"]) == 0  # "train" is the default stage
     assert re.search(r"his\.train\.loop: resumed from .*step-00000002\.pt at step 2", capsys.readouterr().out)

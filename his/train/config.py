@@ -13,13 +13,15 @@ from his.models import CRITICS, NORMS
 
 # Per objective: optimiser, lr, betas (Adam), critic steps per generator step, the critic and its normalisation.
 # hinge: the projection discriminator with spectral norm (Miyato & Koyama 2018) and SN-GAN's Adam settings.
-_REPORT_CRITIC = dict(critic="concat", spectral_norm=False)
+# DiffAugment without "color": brightness is what loudness looks like in our scenes, a critic blind to it would
+# let the generator ignore it. The EMA of G (with warm-up) is what samples, evaluation and his.generate use.
+_REPORT_CRITIC = dict(critic="concat", spectral_norm=False, diffaugment="", ema_decay=0.0)
 OBJECTIVE_DEFAULTS = {
     "gan-cls": dict(optimizer="adam", lr=2e-4, betas=[0.5, 0.999], n_critic=1, critic_norm="batch", **_REPORT_CRITIC),
     "wgan": dict(optimizer="rmsprop", lr=5e-5, betas=[0.5, 0.999], n_critic=5, critic_norm="batch", **_REPORT_CRITIC),
     "wgan-gp": dict(optimizer="adam", lr=1e-4, betas=[0.0, 0.9], n_critic=5, critic_norm="layer", **_REPORT_CRITIC),
     "hinge": dict(optimizer="adam", lr=2e-4, betas=[0.0, 0.9], n_critic=2, critic_norm="none", critic="projection",
-                  spectral_norm=True),
+                  spectral_norm=True, diffaugment="translation,cutout", ema_decay=0.999),
 }
 
 
@@ -33,8 +35,8 @@ class GANConfig:
     critic: str | None = None  # concat (fig 4c) | projection (Miyato & Koyama 2018)
     critic_norm: str | None = None  # batch | layer | none
     spectral_norm: bool | None = None
-    diffaugment: str = ""  # DiffAugment policy for the critic's inputs, e.g. "color,translation,cutout"
-    ema_decay: float = 0.0  # > 0: keep an exponential moving average of G, used for samples and evaluation
+    diffaugment: str | None = None  # DiffAugment policy for the critic's inputs, e.g. "translation,cutout"; "" = none
+    ema_decay: float | None = None  # > 0: keep an exponential moving average of G, used for samples and evaluation
     ngf: int = 64
     ndf: int = 64
     z_dim: int = 100
@@ -82,6 +84,7 @@ class TrainConfig(GANConfig):
     """Sound-conditioned GAN on a clip data set and its SoundNet features, report §4-5."""
 
     out: str = "runs/train"
+    objective: str = "hinge"  # projection critic, DiffAugment, EMA: the best on shared rooms (README, "Measured")
     clips: str = ""  # clip data set dir (index.h5) or file
     features: str = ""  # feature set dir (CLIPS/features/<sha12>/, holding index.h5), rows aligned with the clips
     frames: str = "frame64"  # frame64 | frame88 (88x66, random 64x64 crops, §5.3)
