@@ -13,13 +13,14 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import tomli_w
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from his.io import atomic_path
+from his.log import setup_logging
 
 T = TypeVar("T")
 
@@ -80,6 +81,26 @@ def config_from_argv(cls: type[T], argv: Sequence[str] | None = None, *, prog: s
         return load_config(cls, toml, [f"{positional}={b}" for b in bare] + overrides)
     except ConfigError as e:
         raise SystemExit(config_error(prog, e)) from None
+
+
+def stage_main(cls: type[T], run: Callable[[T], Any], argv: Sequence[str] | None, *, prog: str, doc: str | None,
+               show: Callable[[Any], None] = print, positional: str = "",
+               failures: tuple[type[Exception], ...] = ()) -> int:
+    """Every stage's `main`: status lines on stdout, the one command line, `run`, then `show` its result.
+
+    A ConfigError is one line and exit 2; an exception of `failures` (e.g. a non-finite loss) one line and 1.
+    """
+    setup_logging()
+    cfg = config_from_argv(cls, argv, prog=prog, doc=doc, positional=positional)
+    try:
+        result = run(cfg)
+    except ConfigError as e:
+        return config_error(prog, e)
+    except failures as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    show(result)
+    return 0
 
 
 def config_error(prog: str, error: Any) -> int:

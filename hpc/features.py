@@ -15,9 +15,8 @@ from tqdm import tqdm
 
 from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, load_feature_model,
                                 pending_jobs, plan, summary_if_complete)
-from his.config import ConfigError, config_from_argv, config_error
+from his.config import stage_main
 from his.distributed import choose_device
-from his.log import setup_logging
 
 
 @dataclasses.dataclass
@@ -62,13 +61,7 @@ def run(cfg: PoolFeaturesConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    cfg = config_from_argv(PoolFeaturesConfig, argv, prog="hpc.features", doc=__doc__)
-    try:
-        print(run(cfg))
-    except ConfigError as e:
-        return config_error("hpc.features", e)
-    return 0
+    return stage_main(PoolFeaturesConfig, run, argv, prog="hpc.features", doc=__doc__)
 
 
 if __name__ == "__main__":

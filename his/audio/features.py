@@ -29,13 +29,12 @@ from tqdm import tqdm
 
 from his.audio.finetune import load_checkpoint
 from his.audio.soundnet import SoundNet8, cache_dir, load_pretrained, pretrained_state_dict
-from his.config import ConfigError, config_from_argv, config_error
+from his.config import ConfigError, stage_main
 from his.data.dataset import load_features, load_split, read_classes
 from his.data.shards import build_index, code_version, now_utc, sha256_file
 from his.data.spec import decode_attr, encode_attr, kind_spec
 from his.distributed import choose_device
 from his.io import atomic_path
-from his.log import setup_logging
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -327,13 +326,7 @@ def figure_1(index_path: Path, features_dir: Path, max_points: int = 2000, seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    cfg = config_from_argv(FeaturesConfig, argv, prog="his.audio.features", doc=__doc__)
-    try:
-        print(run(cfg))
-    except ConfigError as e:
-        return config_error("his.audio.features", e)
-    return 0
+    return stage_main(FeaturesConfig, run, argv, prog="his.audio.features", doc=__doc__)
 
 
 if __name__ == "__main__":

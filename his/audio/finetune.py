@@ -30,10 +30,9 @@ from tqdm import tqdm
 
 from his.audio.soundnet import LAYER_CHANNELS, LAYERS, SoundNet8, load_pretrained
 from his.data.dataset import load_split, read_classes, validation_mask
-from his.config import ConfigError, config_from_argv, config_to_dict, config_error, save_config
+from his.config import config_to_dict, save_config, stage_main
 from his.distributed import setup_distributed
 from his.io import atomic_path, write_json
-from his.log import setup_logging
 
 log = logging.getLogger("his.audio.finetune")  # not __name__, which is "__main__" under python -m
 
@@ -235,14 +234,8 @@ def run(cfg: FinetuneConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    cfg = config_from_argv(FinetuneConfig, argv, prog="his.audio.finetune", doc=__doc__)
-    try:
-        summary = run(cfg)
-    except ConfigError as e:
-        return config_error("his.audio.finetune", e)
-    print({k: v for k, v in summary.items() if k != "classes"})
-    return 0
+    return stage_main(FinetuneConfig, run, argv, prog="his.audio.finetune", doc=__doc__,
+                      show=lambda summary: print({k: v for k, v in summary.items() if k != "classes"}))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ import h5py
 import numpy as np
 import torch
 
-from his.config import ConfigError, config_error, config_from_argv, load_config
+from his.config import ConfigError, load_config, stage_main
 from his.data.dataset import load_features, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.classifier import NetTraining
 from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
 from his.frames import centre_crop
-from his.log import setup_logging
 from his.models import build_generator
 from his.train.checkpoint import chosen_checkpoint, load_checkpoint, sampling_weights
 from his.train.config import TrainConfig
@@ -163,13 +162,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    cfg = config_from_argv(EvalConfig, argv, prog="his.eval", doc=__doc__, positional="run")
-    try:
-        summary = run(cfg)
-    except ConfigError as e:
-        return config_error("his.eval", e)
+def _show(summary: dict[str, Any]) -> None:
     print(Path(summary["table"]).read_text())
     print(json.dumps({k: summary[k] for k in ("checkpoint", "results", "figures")}, indent=2))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(EvalConfig, run, argv, prog="his.eval", doc=__doc__, positional="run", show=_show)
