@@ -76,3 +76,12 @@ def test_ray_actor_pool_matches_in_process(datasets, tmp_path):
     assert summary["extracted_shards"] == 3 and summary["checkpoint_sha256"] == expected["checkpoint_sha256"]
     np.testing.assert_allclose(load_features(summary["features_dir"], None),
                                load_features(expected["features_dir"], None), rtol=1e-5, atol=1e-5)
+
+
+def test_train_statistics_floor_the_std_of_nearly_dead_units():
+    raw = np.array([[0.0, 1e-6], [2.0, 0.0], [4.0, 2e-6], [9.0, 9.0]], np.float32)  # column 1 barely moves
+    mean, std = train_statistics(raw, np.array([0, 0, 0, 1]))
+    spread = np.std([0.0, 2.0, 4.0])
+    np.testing.assert_allclose(std[0], spread, rtol=1e-6)
+    floor = 0.1 * (spread + np.std([1e-6, 0.0, 2e-6])) / 2
+    np.testing.assert_allclose(std[1], floor, rtol=1e-4)  # a held-out 9.0 is z = 9 / floor, not 9 / 1e-6

@@ -142,3 +142,15 @@ def test_predict_tiles_short_sound(model):
     p_objects, p_places = predict(model, tone)
     assert p_objects.shape == (1000,) and p_places.shape == (401,)
     assert abs(p_places.sum() - 1) < 1e-4
+
+
+def test_embed_joins_layers_in_one_pass(model):
+    from his.audio.soundnet import layer_channels, parse_layers
+
+    x = torch.randn(2, 22050 * 2, generator=torch.Generator().manual_seed(0)) * 0.1
+    joined = model.embed(x, "conv4+conv5")
+    assert joined.shape == (2, layer_channels("conv4+conv5")) == (2, 384)
+    torch.testing.assert_close(joined, torch.cat([model.embed(x, "conv4"), model.embed(x, "conv5")], dim=1))
+    for bad in ("conv9", "conv4+conv4", "conv4+"):
+        with pytest.raises(ValueError, match="layer"):
+            parse_layers(bad)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from his.audio.soundnet import LAYER_CHANNELS, LAYERS, SoundNet8, load_pretrained
+from his.audio.soundnet import LAYERS, SoundNet8, layer_channels, load_pretrained, parse_layers
 from his.data.dataset import load_split, read_classes, validation_mask
 from his.config import config_to_dict, save_config, stage_main
 from his.distributed import setup_distributed
@@ -66,7 +66,7 @@ class SoundNetClassifier(nn.Module):
         super().__init__()
         self.soundnet = soundnet
         self.layer = layer
-        channels = LAYER_CHANNELS[layer]
+        channels = layer_channels(layer)
         self.register_buffer("feature_mean", torch.zeros(channels))
         self.register_buffer("feature_std", torch.ones(channels))
         self.head = nn.Linear(channels, n_classes)
@@ -162,7 +162,7 @@ def run(cfg: FinetuneConfig) -> dict:
     model.eval()
     model.fit_standardisation(parts["train"][0])
     model.soundnet.requires_grad_(cfg.train_layers == "all")
-    above = list(LAYERS)[list(LAYERS).index(cfg.layer) + 1 :]
+    above = list(LAYERS)[max(list(LAYERS).index(name) for name in parse_layers(cfg.layer)) + 1 :]
     for unused in [model.soundnet.objects, model.soundnet.places, *(model.soundnet.blocks[n] for n in above)]:
         unused.requires_grad_(False)  # DDP requires every trained parameter to get a gradient
     param_groups = [{"params": model.head.parameters(), "lr": cfg.lr}]

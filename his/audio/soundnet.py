@@ -67,6 +67,20 @@ _IMAGENET_REPAIRS = {
 }
 
 
+def parse_layers(layer: str) -> list[str]:
+    """"conv7" -> ["conv7"]; "conv4+conv5" -> ["conv4", "conv5"]; an unknown name is a ValueError."""
+    names = layer.split("+")
+    unknown = [n for n in names if n not in LAYERS]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"layer {layer!r}: each of its '+'-joined names must be one of {', '.join(LAYERS)}, once")
+    return names
+
+
+def layer_channels(layer: str) -> int:
+    """The size of `embed(..., layer)`: 1024 for conv7, 384 for conv4+conv5."""
+    return sum(LAYER_CHANNELS[name] for name in parse_layers(layer))
+
+
 class ConvBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, pool: int):
         super().__init__()
@@ -99,8 +113,17 @@ class SoundNet8(nn.Module):
         raise AssertionError("unreachable")
 
     def embed(self, waveform: torch.Tensor, layer: str = "conv7") -> torch.Tensor:
-        """The feature vector (B, C): `layer` after its ReLU, averaged over time."""
-        return self.trunk(waveform, layer).mean(dim=2)
+        """The feature vector (B, C): `layer` after its ReLU, averaged over time. Several layers joined by "+"
+        (e.g. "conv4+conv5") are concatenated, from one pass: pitch survives conv4-conv5 better than conv7."""
+        names = parse_layers(layer)
+        x, pooled = waveform.unsqueeze(1) * INPUT_SCALE, {}
+        for name, block in self.blocks.items():
+            x = block(x)
+            if name in names:
+                pooled[name] = x.mean(dim=2)
+                if len(pooled) == len(names):
+                    break
+        return torch.cat([pooled[name] for name in names], dim=1)
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Object logits (B, 1000, T'') and place logits (B, 401, T''); needs at least ~9.5 s of input."""
