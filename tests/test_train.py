@@ -445,3 +445,14 @@ def test_ema_warm_up_follows_the_generator_early():
     averaged = [torch.zeros(3)]
     ema_with_warmup(0.999)(averaged, current, torch.tensor(100_000))
     torch.testing.assert_close(averaged[0], torch.full((3,), 0.001))
+
+
+@pytest.mark.parametrize("field,value", [("max_steps", -5), ("epochs", -1), ("log_every", 0),
+                                         ("ckpt_every", 0), ("sample_every", 0), ("hist_every", 0), ("ngf", 0),
+                                         ("batch_size", 0), ("keep_checkpoints", 0), ("val_every", 0)])
+def test_out_of_range_fields_are_named_before_any_work(tmp_path, field, value):
+    from his.train.config import resolve
+
+    with pytest.raises(ConfigError, match=rf"config: {field}={value} must be"):
+        resolve(TrainConfig(out=str(tmp_path / "run"), **{field: value}))
+    assert not (tmp_path / "run").exists()

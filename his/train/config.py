@@ -128,11 +128,24 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),
          "layer or none for wgan-gp (batch norm couples the samples the penalty treats as independent)"),
         ("stop_signals", all(hasattr(signal, s) for s in cfg.stop_signals), "names like SIGTERM"),
+        ("epochs", cfg.epochs >= 0, ">= 0"),
+        ("max_steps", cfg.max_steps >= 0, ">= 0 (0 = run `epochs`)"),
+        ("lr_halve_every", cfg.lr_halve_every >= 0, ">= 0 (0 = constant)"),
+        ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"),
+        ("clip", cfg.clip > 0, "> 0"),
+        ("gp_lambda", cfg.gp_lambda >= 0, ">= 0"),
+        ("warmup_gen_steps", cfg.warmup_gen_steps >= 0, ">= 0"),
+        ("warmup_critic_steps", cfg.warmup_critic_steps > 0, "> 0"),
+        ("warmup_every", cfg.warmup_every >= 0, ">= 0 (0 = never)"),
+        *((name, getattr(cfg, name) > 0, "> 0") for name in ("ngf", "ndf", "z_dim", "proj_dim", "log_every",
+                                                            "sample_every", "hist_every", "ckpt_every")),
     ]
     if isinstance(cfg, TrainConfig):
         checks += [
             ("frames", cfg.frames in ("frame64", "frame88"), "frame64 | frame88"),
             ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"),
+            ("cond_dim", cfg.cond_dim > 0, "> 0"),
+            ("sample_sounds", cfg.sample_sounds > 0, "> 0"),
             ("val_every", cfg.val_every > 0, "> 0"),
             ("val_images", cfg.val_images > 0, "> 0"),
         ]
