@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -172,8 +173,13 @@ def preprocess(args: argparse.Namespace) -> tuple[Summary, list[dict]]:
         leftover.unlink()
 
     videos = read_split_lists(args.splits, args.split, classes, args.videos)
-    if not videos:
-        raise SystemExit(f"no videos of classes {classes} in the split lists under {args.splits}")
+    absent = [c for i, c in enumerate(classes) if not any(v.label == i for v in videos)]
+    if absent:  # before any decoding: a class list naming a class with no clips would label the set wrongly
+        raise SystemExit(f"hpc.preprocess: no videos of {', '.join(absent)} in the split lists under {args.splits}")
+    twice = sorted(i for i, n in Counter(v.video_id for v in videos).items() if n > 1)
+    if twice:
+        raise SystemExit(f"hpc.preprocess: video id {twice[0]} names more than one video in the split lists "
+                         f"({len(twice)} such id(s)); ids must be unique across classes")
     per_shard = args.shard_clips // settings.clips_per_video
     plan = [videos[i : i + per_shard] for i in range(0, len(videos), per_shard)]
     paths = [shard_dir / f"clips-{k:05d}.h5" for k in range(len(plan))]

@@ -236,3 +236,19 @@ def test_address_of_a_running_ray_head(good, tmp_path):
         kill_group(head.pid, signal.SIGKILL)  # whatever of the head's group outlived the SIGTERM
         head.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_an_absent_class_or_a_shared_video_id_fails_before_decoding(good, tmp_path, fake_videos):
+    root, train, test = good
+    lists = write_lists(tmp_path, train, test)
+    args = ["--videos", str(root / "videos"), "--splits", str(lists), "--out", str(tmp_path / "out"),
+            *COMMON[2:]]
+    with pytest.raises(SystemExit, match="no videos of Gamma in the split lists"):
+        main([*args, "--classes", "Alpha,Gamma"])
+    assert not list((tmp_path / "out").glob("shards/*.h5"))
+    for cls in CLASSES:  # the same file name in two classes: one video id for two videos
+        fake_videos.make(tmp_path / "videos" / cls / "-y.avi", duration=2.0)
+    lists = write_lists(tmp_path / "twice", ["Alpha/-y.avi", "Beta/-y.avi"], [])
+    with pytest.raises(SystemExit, match="video id -y names more than one video"):
+        main(["--videos", str(tmp_path / "videos"), "--splits", str(lists), "--out", str(tmp_path / "out2"), *COMMON])
+    assert not list((tmp_path / "out2").glob("shards/*.h5"))
