@@ -89,12 +89,17 @@ def run_ffmpeg(stream: "ffmpeg.nodes.OutputStream", path: str | os.PathLike, tim
     return run_ffmpeg_args(ffmpeg_args(stream), path, timeout)[0]
 
 
+def ffmpeg_path(path: str | os.PathLike) -> str:
+    """A file name as ffmpeg must be given it: with the file: protocol, so that "take:2.avi" is a file, not a URL."""
+    return f"file:{path}"
+
+
 def decode_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, timeout: float = 120.0) -> np.ndarray:
     """The whole audio track of any file ffmpeg reads, as mono float32 in [-1, 1] at `sample_rate`."""
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: no such file")
-    stream = ffmpeg.input(str(path)).output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate, vn=None)
+    stream = ffmpeg.input(ffmpeg_path(path)).output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate, vn=None)
     try:
         raw = run_ffmpeg(stream, path, timeout)
     except MediaError as e:
@@ -184,7 +189,8 @@ def probe(path: str | os.PathLike, timeout: float = 30.0) -> StreamInfo:
     Raises MediaError when the file is not media, lacks a video or an audio stream, or gives no duration.
     """
     # exit status 1 is normal here: no output file was named
-    _, raw = run_ffmpeg_args([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)], path, timeout, check=False)
+    _, raw = run_ffmpeg_args([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", ffmpeg_path(path)], path, timeout,
+                             check=False)
     stderr = raw.decode(errors="replace")
     if "Invalid data found" in stderr or "Input #0" not in stderr:
         raise MediaError(f"{path}: not a readable media file (invalid data)", stderr)
@@ -213,7 +219,7 @@ def clip_decode_args(
     crop_w, crop_h = crop[0] / REFERENCE_SIZE[0], crop[1] / REFERENCE_SIZE[1]
     big_w, big_h = FRAME88_SIZE
     height = max(size, big_h)
-    inp = ffmpeg.input(str(path))
+    inp = ffmpeg.input(ffmpeg_path(path))
     video = inp.video
     if frame_times is not None:
         # the frame on screen at time m is the one whose timestamp t has m - 1/fps < t <= m

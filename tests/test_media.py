@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from his.media import MediaError, SAMPLE_RATE, decode_clips, parse_stream_info, window_starts
+from his.media import MediaError, SAMPLE_RATE, decode_audio, decode_clips, parse_stream_info, probe, window_starts
 
 # the videos: conftest.FakeVideos (fixture fake_videos)
 
@@ -89,3 +89,11 @@ def test_parse_stream_info():
     info = parse_stream_info(text)
     assert (info.duration, info.fps, info.width, info.height) == (62.5, 29.97, 320, 240)
     assert info.has_audio and info.has_video
+
+
+def test_a_relative_name_with_a_colon_is_a_file_not_a_url(tmp_path, monkeypatch, fake_videos):
+    fake_videos.make(tmp_path / "take:2.avi", duration=2.0)
+    monkeypatch.chdir(tmp_path)
+    info = probe("take:2.avi")  # without file: ffmpeg reads "take:" as a protocol and fails
+    assert info.has_audio and info.duration == pytest.approx(2.0, abs=0.1)
+    assert len(decode_audio("take:2.avi")) > 0
