@@ -456,3 +456,16 @@ def test_out_of_range_fields_are_named_before_any_work(tmp_path, field, value):
     with pytest.raises(ConfigError, match=rf"config: {field}={value} must be"):
         resolve(TrainConfig(out=str(tmp_path / "run"), **{field: value}))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_newer_checkpoint_never_costs_the_good_ones(clips, tmp_path):
+    """keep_checkpoints=1 and a torn step-9 beside a good step-2: the resumed run keeps what it writes."""
+    kw = dict(max_steps=2, keep_checkpoints=1)
+    run(tiny(clips, tmp_path, **kw))
+    (tmp_path / "checkpoints" / "step-00000009.pt").write_bytes(b"PK\x03\x04 torn")
+    summary = run(tiny(clips, tmp_path, **{**kw, "max_steps": 4}))
+    assert summary["step"] == 4 and Path(summary["checkpoint"]).is_file()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000004.pt", "step-00000009.pt.unreadable"]
+    path, ckpt = latest_checkpoint(tmp_path)
+    assert path.name == "step-00000004.pt" and ckpt["step"] == 4

@@ -60,7 +60,9 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     path = ckpt_dir / f"step-{step:08d}.pt"
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-    for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep]:
+    # Rotation counts only checkpoints up to this step: the one just written always stays, and so do the
+    # `keep - 1` before it, whatever a later-numbered file (say, one a resume could not read) holds.
+    for old in [p for p in sorted(ckpt_dir.glob("step-*.pt")) if p.name <= path.name][:-keep]:
         old.unlink()
     return path
 
@@ -89,14 +91,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint of a run that loads; unreadable ones are reported and passed over."""
+def latest_checkpoint(run_dir: str | os.PathLike, set_aside: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a run that loads; unreadable ones are reported and passed over, and with
+    `set_aside` (the run that resumes, and so owns the directory) renamed to *.pt.unreadable, kept for a look
+    but out of every later count."""
     for path in sorted(Path(run_dir, "checkpoints").glob("step-*.pt"), reverse=True):
         try:
             return path, load_checkpoint(path)
         except Exception as e:  # a torn or foreign file: fall back to the previous one
-            log.warning(f"checkpoint {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                        "trying an older one")
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+            if set_aside:
+                path.rename(path.with_name(path.name + ".unreadable"))
+            log.warning(f"checkpoint {path}: unreadable ({reason}); "
+                        f"{'set aside as ' + path.name + '.unreadable; ' if set_aside else ''}trying an older one")
     return None
 
 

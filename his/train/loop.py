@@ -253,11 +253,11 @@ def run(cfg: GANConfig, should_stop: Callable[[], bool] | None = None) -> dict[s
         dd.close()
 
 
-def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool,
-             say: Callable) -> tuple[tuple[int, int, int], dict, dict]:
+def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Callable,
+             owner: bool) -> tuple[tuple[int, int, int], dict, dict]:
     """Resume from the newest readable checkpoint, else warm-start from cfg.init_from; ((step, epoch, position),
     the warm-start report, the best validation so far)."""
-    resumed = latest_checkpoint(run_dir) if cfg.resume else None
+    resumed = latest_checkpoint(run_dir, set_aside=owner) if cfg.resume else None
     if resumed is not None:
         path, ckpt = resumed
         gan.generator.load_state_dict(ckpt["generator"])
@@ -286,7 +286,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     say = log.info if dd.is_main else (lambda *a, **k: None)  # status lines from rank 0 only
 
     gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device)
-    (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say)
+    (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say, dd.is_main)
     distribute(gan, cfg, dd)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # noqa: E731
     batches = Batches(len(data.frames), cfg.batch_size, world, dd.rank, cfg.seed, epoch, position)
