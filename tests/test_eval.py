@@ -18,7 +18,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from his.eval import figures
-from his.eval.classifier import NetTraining, images_to_frames, train_classifier
+from his.eval.classifier import NetTraining, train_classifier
 from his.eval.evaluate import (
     EvalData,
     EvalSettings,
@@ -36,6 +36,7 @@ from his.eval.metrics import (
     retrieval_recall,
     spearman,
 )
+from his.frames import to_frames as images_to_frames
 
 N_CLASSES = 3
 SHAPE_COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.float64)

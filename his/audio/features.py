@@ -227,7 +227,7 @@ def finish(cfg: FeaturesConfig, features_dir: Path, checkpoint: str, sha: str, j
     mean, std = train_statistics(raw, split)
     attrs = {"layer": layer, "checkpoint": str(checkpoint), "checkpoint_sha256": sha,
              "code_version": code_version(), "created": now_utc()}
-    index = write_features(features_dir, [(job.clip_shard, job.rows) for job in jobs], raw, mean, std, attrs)
+    write_features(features_dir, [(job.clip_shard, job.rows) for job in jobs], raw, mean, std, attrs)
 
     summary = {"features_dir": str(features_dir), "checkpoint_sha256": sha, "layer": layer, "rows": len(raw),
                "dim": raw.shape[1], "linear_probe_test_accuracy": linear_probe(index_path, features_dir)}

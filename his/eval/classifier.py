@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from his.frames import to_frames as images_to_frames  # noqa: F401  (the name it had here; tests import it)
 from his.frames import to_images
 from his.io import atomic_path
 
