@@ -6,14 +6,13 @@ Only rank 0 writes logs and checkpoints. Everything a run writes lives in `cfg.o
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-
-import signal
-import threading
 
 import torch
 import torch.distributed as dist
@@ -22,9 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
+from his.augment import augmented
 from his.config import config_to_dict, save_config
 from his.distributed import Distributed, setup_distributed
-from his.augment import augmented
 from his.grid import make_grid, save_grid
 from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
