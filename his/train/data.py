@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from his.config import ConfigError
 from his.data.dataset import load_features, load_split, validation_mask
 from his.constants import IMAGE_SIZE
-from his.frames import centre_crop as crop_frames, scale_to_images, to_images
+from his.frames import scale_to_images
 from his.train.config import PretrainConfig, TrainConfig
 
 
@@ -169,10 +169,3 @@ def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, 
         wrong_rows = wrong.draw(torch.from_numpy(data.labels[rows]), rng).numpy()
         wrong_cond = torch.from_numpy(data.cond[wrong_rows]).to(device, non_blocking=True)
     return real, cond, wrong_cond
-
-
-def centre_crop(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, 64, 64) in [-1, 1], the centre 64x64 (his.frames, as images)."""
-    return to_images(crop_frames(frames))
-
-

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from his.augment import augmented
 from his.config import config_to_dict, save_config
 from his.distributed import Distributed, setup_distributed
+from his.frames import centre_crop, to_images
 from his.grid import make_grid, save_grid
 from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
@@ -33,7 +34,7 @@ from his.train.checkpoint import (
     warm_start, weights_digest,
 )
 from his.train.config import GANConfig, TrainConfig, resolve
-from his.train.data import Batches, TrainingData, WrongSounds, centre_crop, load_clips, load_images, make_batch
+from his.train.data import Batches, TrainingData, WrongSounds, load_clips, load_images, make_batch
 from his.train.validation import ValidationAccuracy
 
 log = logging.getLogger(__name__)
@@ -426,7 +427,7 @@ def _log_samples(writer: SummaryWriter, generator: SimpleGenerator, data: Traini
         n = len(data.sample_cond)
         cond = torch.from_numpy(data.sample_cond).to(device).repeat_interleave(len(noise), dim=0)
         fake = generator(noise.repeat(n, 1).to(device), cond).float().cpu().view(n, len(noise), 3, 64, 64)
-        truth = centre_crop(data.sample_frames)[:, None]
+        truth = to_images(centre_crop(data.sample_frames))[:, None]
         images, nrow = torch.cat([fake, truth], dim=1).flatten(0, 1), len(noise) + 1
     else:
         images, nrow = generator(noise.to(device)).float().cpu(), 8
