@@ -6,6 +6,7 @@ type fails before any work starts, naming the field.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import os
@@ -13,13 +14,13 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 import tomli_w
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from his.io import atomic_path
+from his.io import InputError, atomic_path, os_error_line
 from his.log import setup_logging
 
 T = TypeVar("T")
@@ -88,24 +89,53 @@ def stage_main(cls: type[T], run: Callable[[T], Any], argv: Sequence[str] | None
                failures: tuple[type[Exception], ...] = ()) -> int:
     """Every stage's `main`: status lines on stdout, the one command line, `run`, then `show` its result.
 
-    A ConfigError is one line and exit 2; an exception of `failures` (e.g. a non-finite loss) one line and 1.
+    Expected failures are one line (cli_main): exit 2; an exception of `failures` (e.g. a non-finite loss)
+    one line and exit 1.
     """
     setup_logging()
-    cfg = config_from_argv(cls, argv, prog=prog, doc=doc, positional=positional)
+
+    def body(args: list[str]) -> int:
+        cfg = config_from_argv(cls, args, prog=prog, doc=doc, positional=positional)
+        try:
+            result = run(cfg)
+        except failures as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            return 1
+        show(result)
+        return 0
+
+    return cli_main(prog, body, argv)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `prog: message (--help for usage)`, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help for usage)\n")
+
+
+def cli_main(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
+    """Run a command, `body(args)`: a config it cannot use (ConfigError), a path it cannot use (InputError) or
+    any other OSError is one line on stderr and exit 2. With --debug among the arguments (taken out before
+    `body` sees them) or HIS_DEBUG=1 such an error propagates, traceback and all."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("HIS_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
     try:
-        result = run(cfg)
-    except ConfigError as e:
+        return body(args)
+    except (ConfigError, InputError) as e:
+        if debug:
+            raise
         return config_error(prog, e)
-    except failures as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    show(result)
-    return 0
+    except OSError as e:
+        if debug:
+            raise
+        return config_error(prog, os_error_line(e))
 
 
 def config_error(prog: str, error: Any) -> int:
     """Say `error` as one line on stderr; returns 2, the exit status of every stage for a config it cannot use."""
-    print(f"{prog}: {error}", file=sys.stderr)
+    print(f"{prog}: " + " / ".join(str(error).splitlines()), file=sys.stderr)
     return 2
 
 

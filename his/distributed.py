@@ -40,6 +40,11 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def is_main_rank() -> bool:
+    """Whether this process is (or, once setup_distributed has run, will be) rank 0: the one that writes."""
+    return dist.get_rank() == 0 if dist.is_initialized() else int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_distributed(device_option: str = "auto") -> Distributed:
     """Join the process group when WORLD_SIZE > 1 (or one is already up); pin this rank's GPU."""
     device = choose_device(device_option)

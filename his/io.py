@@ -1,12 +1,29 @@
-"""Atomic file writes: write to a temporary name in the same directory, then rename into place."""
+"""Files and directories: atomic writes (a temporary name in the same directory, renamed into place), one
+writer per output directory (`exclusive_dir`), and InputError, the one-line failure of a path that cannot be
+used."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import re
+import socket
+import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+LOCK_NAME = ".lock"
+# atomic_path's temporary names: .NAME.PID.tmp
+TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")
+
+
+class InputError(Exception):
+    """A file or directory a command was given that cannot be used (missing, corrupt, locked, unwritable); the
+    message is one line naming it and the reason."""
 
 
 @contextlib.contextmanager
@@ -25,3 +42,99 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as `FILE: reason`, one line."""
+    reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """`path` created (with its parents) and checked writable, else InputError naming it: found before any work,
+    not after it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{path}: cannot create the directory ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: the directory is not writable")
+    return path
+
+
+def _holder(what: str) -> dict[str, Any]:
+    return {"what": what, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
+
+
+def _describe_holder(lock: Path) -> str:
+    try:
+        h = json.loads(lock.read_text())
+        return f"{h['what']} (pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not said who yet)"
+
+
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Delete atomic_path's temporary files (.NAME.PID.tmp) directly in `directory`: left by a killed writer.
+    Call only while holding the directory's lock, so no live writer's file goes."""
+    removed = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if TEMPORARY.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def exclusive_dir(path: str | os.PathLike, what: str, temp_dirs: Sequence[str] = ("",)) -> Iterator[Path]:
+    """Hold `path` (created if needed) as its one writer, `what` (a command or stage name): an exclusive flock
+    on PATH/.lock, which names the holder (what, host, pid, start time, command) and is removed on release.
+    A second writer gets InputError naming the holder. Once held,
+    the temporary files a killed writer left in PATH/`temp_dirs` (relative; "" is PATH itself) are removed.
+
+    The kernel drops the lock when its holder dies (a requeued job on the same directory goes on). Not
+    re-entrant: a process holding PATH that asks again is refused too. HIS_LOCK=off skips locking, for
+    filesystems without flock. A directory made here and left empty (the run failed before writing) is
+    removed again.
+    """
+    created = not Path(path).exists()
+    path = make_dir(path)
+    if os.environ.get("HIS_LOCK", "") == "off":
+        for sub in temp_dirs:
+            remove_temporaries(path / sub)
+        yield path
+        return
+    lock = path / LOCK_NAME
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise InputError(f"{path} is in use by {_describe_holder(lock)}; one writer per directory "
+                                 f"(lock {lock})") from None
+            raise InputError(f"{path}: this filesystem does not support file locks (flock: {e.strerror or e}); "
+                             "mount it with flock, or set HIS_LOCK=off to run unguarded") from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(_holder(what)) + "\n").encode())
+        for sub in temp_dirs:
+            remove_temporaries(path / sub)
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: a waiting opener then sees a new file (checked above)
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
+                path.rmdir()

@@ -13,8 +13,8 @@ import torch
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, load_feature_model,
-                                pending_jobs, plan, summary_if_complete)
+from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature_layer, finish, hold,
+                                load_feature_model, pending_jobs, plan, summary_if_complete)
 from his.config import stage_main
 from his.distributed import choose_device
 
@@ -42,21 +42,22 @@ class FeatureActor:
 
 def run(cfg: PoolFeaturesConfig) -> dict:
     features_dir, checkpoint, sha, jobs = plan(cfg)
-    done = summary_if_complete(features_dir, sha, jobs)
-    if done is not None:
-        return done
-    pending = pending_jobs(jobs)
-    if pending:
-        if not ray.is_initialized():
-            ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
-        actor = FeatureActor.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
-        threads = max(1, int(cfg.cpus_per_actor))
-        pool = ActorPool([actor.remote(cfg.checkpoint, cfg.layer, cfg.batch_size, threads)
-                          for _ in range(min(cfg.actors, len(pending)))])
-        for _ in tqdm(pool.map_unordered(lambda a, job: a.extract.remote(job), pending), total=len(pending),
-                      desc="soundnet features (ray)"):
-            pass
-    summary = finish(cfg, features_dir, checkpoint, sha, jobs, feature_layer(cfg.checkpoint, cfg.layer))
+    with hold(features_dir, "hpc.features"):
+        done = summary_if_complete(features_dir, sha, jobs)
+        if done is not None:
+            return done
+        pending = pending_jobs(jobs)
+        if pending:
+            if not ray.is_initialized():
+                ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
+            actor = FeatureActor.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+            threads = max(1, int(cfg.cpus_per_actor))
+            pool = ActorPool([actor.remote(cfg.checkpoint, cfg.layer, cfg.batch_size, threads)
+                              for _ in range(min(cfg.actors, len(pending)))])
+            for _ in tqdm(pool.map_unordered(lambda a, job: a.extract.remote(job), pending), total=len(pending),
+                          desc="soundnet features (ray)"):
+                pass
+        summary = finish(cfg, features_dir, checkpoint, sha, jobs, feature_layer(cfg.checkpoint, cfg.layer))
     return {**summary, "extracted_shards": len(pending), "skipped_shards": len(jobs) - len(pending)}
 
 

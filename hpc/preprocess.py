@@ -6,33 +6,45 @@
 
 One Ray task per video decodes it with one ffmpeg call (his.media.decode_clips). Videos are assigned to
 shards up front, in split-list order, so shard k always holds the same videos: a shard that exists (shards
-are renamed into place only when complete) and was made with the same settings is kept on a re-run, and the
-index rows come out in the same order however the tasks finish. This module is the Ray driver: the clip
-shards' columns and writer are his.data.shards (clip_columns, write_clip_shard), the format datasets.h5.spec.
+are renamed into place only when complete), was made with the same settings and still has the sha256 the
+manifest gave it is kept on a re-run, and the index rows come out in the same order however the tasks
+finish. The manifest is rewritten after each shard, listing only the shards this run wrote or found
+intact, so a killed run's shards are kept and a damaged shard is redone. One run per OUT at a time (a lock,
+his.io.exclusive_dir); SIGTERM or SIGINT stops the run and the Ray it started. This module is the Ray
+driver: the clip shards' columns and writer are his.data.shards (clip_columns, write_clip_shard), the
+format datasets.h5.spec.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from his.config import OneLineParser, cli_main
 from his.constants import SAMPLE_RATE
+from his.data.images import parse_crop
+from his.data.manifest import MANIFEST, entry_problem, manifest_entry, read_manifest
 from his.data.shards import build_index, clip_columns, now_utc, read_attrs, write_clip_shard, write_manifest
 from his.data.spec import check_file
-from his.io import write_json
+from his.io import InputError, exclusive_dir, write_json
 from his.media import MediaError, decode_clips
+
+PROG = "hpc.preprocess"
 
 VIDEO_NAME = re.compile(r"v_(?P<cls>[^_]+)_g(?P<group>\d+)_c(?P<clip>\d+)")
 
@@ -73,8 +85,12 @@ def read_split_lists(splits_dir: str | os.PathLike, split: int, classes: Sequenc
     for split_name in ("train", "test"):
         list_file = splits_dir / f"{split_name}list0{split}.txt"
         if not list_file.is_file():
-            raise FileNotFoundError(f"{list_file}: split list not found")
-        for line in list_file.read_text(encoding="utf-8").splitlines():
+            raise InputError(f"{list_file}: split list not found")
+        try:
+            lines = list_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise InputError(f"{list_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        for line in lines:
             if not line.strip():
                 continue
             # "Class/v_Class_g08_c01.avi 12" (train) or "Class/v_Class_g08_c01.avi" (test); names may hold spaces
@@ -120,17 +136,36 @@ def shard_attrs(args: argparse.Namespace, settings: Settings, classes: Sequence[
     }
 
 
-def shard_is_complete(path: Path, attrs: dict, videos: list[Video]) -> tuple[bool, list]:
-    """Whether the shard at `path` holds exactly `videos` made with `attrs`; also its skipped list."""
+def shard_is_complete(path: Path, attrs: dict, videos: list[Video], entry: dict | None) -> tuple[bool, list, str]:
+    """Whether the shard at `path` holds exactly `videos` made with `attrs` and is byte for byte what its
+    manifest `entry` says (size and sha256); also its skipped list, and why not when it is not."""
     if not path.is_file():
-        return False, []
+        return False, [], "not written yet"
     try:
         have = read_attrs(path)
-    except (OSError, KeyError):
-        return False, []
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        return False, [], f"unreadable ({type(e).__name__})"
     same = all(np.array_equal(np.asarray(have.get(k)), np.asarray(v)) for k, v in attrs.items())
-    same = same and have.get("videos") == [v.path for v in videos]
-    return same, have.get("skipped", [])
+    if not (same and have.get("videos") == [v.path for v in videos]):
+        return False, [], "made with other settings or videos"
+    if entry is None:
+        return False, [], f"not in {MANIFEST}"
+    problem = entry_problem(path, entry, True, path.parent.parent / MANIFEST)
+    if problem is not None:
+        return False, [], problem.removeprefix(f"{path}: ")
+    return True, have.get("skipped", []), ""
+
+
+def previous_entries(manifest: Path) -> dict[str, dict]:
+    """The shard entries of an earlier run's manifest, to check kept shards against ({} when there is none
+    or it cannot be read: then every shard is redone)."""
+    if not manifest.is_file():
+        return {}
+    try:
+        return read_manifest(manifest)
+    except InputError as e:
+        logging.getLogger(PROG).warning(f"{e}; every shard is redone")
+        return {}
 
 
 def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int) -> Iterator[VideoResult]:
@@ -160,43 +195,62 @@ class Summary:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def preprocess(args: argparse.Namespace) -> tuple[Summary, list[dict]]:
-    t_wall = time.perf_counter()
+def read_inputs(args: argparse.Namespace) -> tuple[list[str], Settings, list[Video]]:
+    """The classes, settings and videos of a run, checked before anything is written or decoded."""
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    settings = Settings(args.window_s, args.clips_per_video, parse_crop(args.crop), args.size, args.timeout_s)
-    if args.shard_clips < settings.clips_per_video:
-        raise SystemExit(f"--shard-clips ({args.shard_clips}) must be >= --clips-per-video ({settings.clips_per_video})")
-    out = Path(args.out)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in shard_dir.glob(".*.tmp"):  # from a killed run
-        leftover.unlink()
-
+    if not classes:
+        raise InputError(f"--classes {args.classes!r} names no class")
+    if not Path(args.videos).is_dir():
+        raise InputError(f"{args.videos}: no such directory (--videos)")
+    settings = Settings(args.window_s, args.clips_per_video, args.crop, args.size, args.timeout_s)
     videos = read_split_lists(args.splits, args.split, classes, args.videos)
     absent = [c for i, c in enumerate(classes) if not any(v.label == i for v in videos)]
-    if absent:  # before any decoding: a class list naming a class with no clips would label the set wrongly
-        raise SystemExit(f"hpc.preprocess: no videos of {', '.join(absent)} in the split lists under {args.splits}")
+    if absent:  # a class list naming a class with no clips would label the set wrongly
+        raise InputError(f"no videos of {', '.join(absent)} in the split lists under {args.splits}")
     twice = sorted(i for i, n in Counter(v.video_id for v in videos).items() if n > 1)
     if twice:
-        raise SystemExit(f"hpc.preprocess: video id {twice[0]} names more than one video in the split lists "
+        raise InputError(f"video id {twice[0]} names more than one video in the split lists under {args.splits} "
                          f"({len(twice)} such id(s)); ids must be unique across classes")
+    return classes, settings, videos
+
+
+def preprocess(args: argparse.Namespace, classes: list[str], settings: Settings,
+               videos: list[Video]) -> tuple[Summary, list[dict]]:
+    """Decode and write what is not yet in OUT (whose lock the caller holds); build the index and manifest."""
+    t_wall = time.perf_counter()
+    out = Path(args.out)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(exist_ok=True)
     per_shard = args.shard_clips // settings.clips_per_video
     plan = [videos[i : i + per_shard] for i in range(0, len(videos), per_shard)]
     paths = [shard_dir / f"clips-{k:05d}.h5" for k in range(len(plan))]
     for stale in set(shard_dir.glob("clips-*.h5")) - set(paths):
         stale.unlink()
     attrs = shard_attrs(args, settings, classes)
+    manifest_path = out / MANIFEST
+    extra = {"classes": classes, "settings": asdict(settings), "split_list": args.split,
+             "source_root": attrs["source_root"]}
+    before = previous_entries(manifest_path)
+    entries: dict[int, dict[str, Any]] = {}  # of the shards this run wrote or found intact: all the manifest lists
+
+    def write_entries() -> None:
+        write_manifest(manifest_path, "clips", [entries[k] for k in sorted(entries)], extra)
 
     summary = Summary()
     skipped: list[dict] = []
     todo: list[int] = []
     for k, (path, shard_videos) in enumerate(zip(paths, plan)):
-        complete, shard_skipped = (False, []) if args.force else shard_is_complete(path, attrs, shard_videos)
+        name = os.path.relpath(path, out)
+        complete, shard_skipped, why = (False, [], "--force") if args.force else \
+            shard_is_complete(path, attrs, shard_videos, before.get(name))
         if complete:
+            entries[k] = before[name]
             summary.shards_kept += 1
             summary.videos_reused += len(shard_videos) - len(shard_skipped)
             skipped += [{"path": p, "reason": r, "shard": path.name} for p, r in shard_skipped]
         else:
+            if path.exists():
+                logging.getLogger(PROG).info(f"{path}: redone ({why})")
             todo.append(k)
 
     summary.seconds["start ray"] = 0.0
@@ -205,78 +259,91 @@ def preprocess(args: argparse.Namespace) -> tuple[Summary, list[dict]]:
     todo_videos = [v for k in todo for v in plan[k]]
     if todo_videos:
         t = time.perf_counter()
-        cpus = start_ray(args)
-        summary.seconds["start ray"] = time.perf_counter() - t
-        shard_of = {v.path: k for k in todo for v in plan[k]}
-        waiting = {k: len(plan[k]) for k in todo}
-        results: dict[int, list[VideoResult]] = {k: [] for k in todo}
-        bar = tqdm(total=len(todo_videos), unit="video", desc="preprocess", dynamic_ncols=True, file=sys.stderr)
-        t_loop = time.perf_counter()
-        for result in run_tasks(todo_videos, settings, max_in_flight=cpus):
-            summary.seconds["decode (sum over tasks)"] += result.decode_s
-            if result.columns is None:
-                tqdm.write(f"skip {result.video.path}: {result.reason}", file=sys.stderr)
-                summary.videos_skipped += 1
-                skipped.append({"path": result.video.path, "reason": result.reason, "shard": paths[shard_of[result.video.path]].name})
-            else:
-                summary.videos_kept += 1
-                summary.clips += len(result.columns["audio"])
-            k = shard_of[result.video.path]
-            results[k].append(result)
-            waiting[k] -= 1
-            if waiting[k] == 0:
-                t = time.perf_counter()
-                write_plan_shard(paths[k], plan[k], results.pop(k), attrs)
-                summary.seconds["write shards"] += time.perf_counter() - t
-                summary.shards_written += 1
-            bar.update(1)
-            bar.set_postfix(clips=summary.clips, clips_s=f"{summary.clips / (time.perf_counter() - t_loop):.1f}")
-        bar.close()
+        with ray_session(args) as cpus:
+            summary.seconds["start ray"] = time.perf_counter() - t
+            shard_of = {v.path: k for k in todo for v in plan[k]}
+            waiting = {k: len(plan[k]) for k in todo}
+            results: dict[int, list[VideoResult]] = {k: [] for k in todo}
+            bar = tqdm(total=len(todo_videos), unit="video", desc="preprocess", dynamic_ncols=True, file=sys.stderr)
+            t_loop = time.perf_counter()
+            for result in run_tasks(todo_videos, settings, max_in_flight=cpus):
+                summary.seconds["decode (sum over tasks)"] += result.decode_s
+                if result.columns is None:
+                    tqdm.write(f"skip {result.video.path}: {result.reason}", file=sys.stderr)
+                    summary.videos_skipped += 1
+                    skipped.append({"path": result.video.path, "reason": result.reason,
+                                    "shard": paths[shard_of[result.video.path]].name})
+                else:
+                    summary.videos_kept += 1
+                    summary.clips += len(result.columns["audio"])
+                k = shard_of[result.video.path]
+                results[k].append(result)
+                waiting[k] -= 1
+                if waiting[k] == 0:
+                    t = time.perf_counter()
+                    rows = write_plan_shard(paths[k], plan[k], results.pop(k), attrs)
+                    entries[k] = manifest_entry(paths[k], out, rows)  # hashed right after writing
+                    write_entries()
+                    summary.seconds["write shards"] += time.perf_counter() - t
+                    summary.shards_written += 1
+                bar.update(1)
+                bar.set_postfix(clips=summary.clips, clips_s=f"{summary.clips / (time.perf_counter() - t_loop):.1f}")
+            bar.close()
         summary.seconds["decode + write (wall)"] = time.perf_counter() - t_loop
     else:
         summary.seconds["decode + write (wall)"] = 0.0
 
     t = time.perf_counter()
     total = build_index(out / "index.h5", paths, "clips")
-    write_manifest(
-        out / "manifest.json",
-        "clips",
-        paths,
-        {"classes": classes, "settings": asdict(settings), "split_list": args.split, "source_root": attrs["source_root"]},
-    )
+    write_entries()
     summary.seconds["index + manifest"] = time.perf_counter() - t
     summary.clips = total
     summary.seconds["total (wall)"] = time.perf_counter() - t_wall
     return summary, skipped
 
 
-def write_plan_shard(path: Path, videos: list[Video], results: list[VideoResult], attrs: dict) -> None:
+def write_plan_shard(path: Path, videos: list[Video], results: list[VideoResult], attrs: dict) -> int:
     """Shard `path` of the plan: its videos' results in planned order (a shard whose every video was skipped
-    still records that they were tried)."""
+    still records that they were tried). Returns its rows."""
     order = {v.path: i for i, v in enumerate(videos)}
     results = sorted(results, key=lambda r: order[r.video.path])
     kept = [r.columns for r in results if r.columns is not None]
     skipped = [[r.video.path, r.reason] for r in results if r.columns is None]
     write_clip_shard(path, kept, attrs, list(order), skipped)
+    return sum(len(c["audio"]) for c in kept)
 
 
-def start_ray(args: argparse.Namespace) -> int:
-    """Connect to the cluster at --address, or start a local Ray with --num-cpus; return its CPU count."""
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived; raised in the main thread so that every `finally` (Ray's shutdown among
+    them) runs."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def ray_session(args: argparse.Namespace) -> Iterator[int]:
+    """Ray for the run, yielding its CPU count: the cluster at --address, or a local Ray with --num-cpus,
+    which is shut down on the way out (SIGTERM and SIGINT included). A Ray already up is used and left up."""
     import ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         if args.address:
             ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
         else:
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def parse_crop(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)x(\d+)", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"--crop must look like 200x190, not {text!r}")
-    return int(m[1]), int(m[2])
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # after ray.init, which sets a SIGTERM handler
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield max(1, int(ray.cluster_resources().get("CPU", 1)))
+    finally:
+        if started:
+            ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def print_summary(summary: Summary, skipped: list[dict], out: Path) -> None:
@@ -295,7 +362,7 @@ def print_summary(summary: Summary, skipped: list[dict], out: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m hpc.preprocess",
         description="Decode UCF-101-layout videos into audio/frame clips in HDF5 shards, with Ray.",
         epilog="With --address the Ray workers read the videos and the driver writes OUT at the same paths: a "
@@ -312,21 +379,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     parser.add_argument("--window-s", type=float, default=2.0, help="seconds of audio per clip")
     parser.add_argument("--clips-per-video", type=int, default=4, help="at most this many clips per video")
-    parser.add_argument("--crop", default="200x190", help="centre crop WxH in a 320x240 frame (scaled for others)")
+    parser.add_argument("--crop", type=parse_crop, default="200x190", help="centre crop WxH in a 320x240 frame (scaled for others)")
     parser.add_argument("--size", type=int, default=64, help="side of the stored crop (frame64)")
     parser.add_argument("--shard-clips", type=int, default=1024, help="at most this many clips per shard")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="ffmpeg time limit per video")
     parser.add_argument("--force", action="store_true", help="redo every shard")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any video was skipped")
+    parser.add_argument("--debug", action="store_true", help="a traceback instead of one line for a bad input")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    parse_crop(args.crop)
-    summary, skipped = preprocess(args)
-    out = Path(args.out)
-    write_json(out / "report.json", {"created": now_utc(), "summary": asdict(summary), "skipped": skipped})
+    """A bad input or an OUT in use is one line and exit 2; SIGTERM/SIGINT one line and 128 + the signal."""
+    try:
+        return cli_main(PROG, _main, argv)
+    except Stopped as e:
+        print(f"{PROG}: stopped by {e}; the shards written so far are kept, a rerun goes on", file=sys.stderr)
+        return 128 + signal.Signals[str(e)].value
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("window_s", "clips_per_video", "size", "shard_clips", "timeout_s", "num_cpus"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, not {getattr(args, name)}")
+    if args.shard_clips < args.clips_per_video:
+        parser.error(f"--shard-clips ({args.shard_clips}) must be >= --clips-per-video ({args.clips_per_video})")
+    inputs = read_inputs(args)
+    with exclusive_dir(args.out, PROG, temp_dirs=("", "shards")):
+        summary, skipped = preprocess(args, *inputs)
+        out = Path(args.out)
+        write_json(out / "report.json", {"created": now_utc(), "summary": asdict(summary), "skipped": skipped})
     print_summary(summary, skipped, out)
     problems = [p for f in [out / "index.h5", *sorted((out / "shards").glob("clips-*.h5"))] for p in check_file(f)]
     for p in problems:

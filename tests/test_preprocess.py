@@ -24,6 +24,7 @@ import pytest
 import ray
 
 from his.data.dataset import ClipDataset, load_split, read_classes
+from his.data.manifest import sha256_file
 from his.data.spec import check_file
 from hpc.preprocess import main
 
@@ -168,13 +169,15 @@ def test_kill_midway_then_rerun_equals_clean_run(good, ray_session, tmp_path):
     planned = len(names + test) * CLIPS_PER_VIDEO // 4
     done = list((killed / "shards").glob("clips-*.h5"))
     assert 0 < len(done) < planned, "the kill did not land midway"
-    assert not (killed / "manifest.json").exists()
+    assert not (killed / "index.h5").exists()
+    listed = {e["name"] for e in json.loads((killed / "manifest.json").read_text())["shards"]}
+    assert listed <= {f"shards/{p.name}" for p in done} and len(listed) >= len(done) - 1  # the last may be unlisted
     for shard in done:
         assert check_file(shard) == []
 
     assert run(videos, lists, killed) == 0
     report = json.loads((killed / "report.json").read_text())
-    assert report["summary"]["shards_kept"] == len(done)
+    assert report["summary"]["shards_kept"] == len(listed)
     assert not list((killed / "shards").glob(".*"))
     assert run(videos, lists, tmp_path / "clean") == 0
     resumed, clean = index_content(killed / "index.h5"), index_content(tmp_path / "clean" / "index.h5")
@@ -238,17 +241,67 @@ def test_address_of_a_running_ray_head(good, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_an_absent_class_or_a_shared_video_id_fails_before_decoding(good, tmp_path, fake_videos):
+def test_an_absent_class_or_a_shared_video_id_fails_before_decoding(good, tmp_path, fake_videos, capsys):
     root, train, test = good
     lists = write_lists(tmp_path, train, test)
     args = ["--videos", str(root / "videos"), "--splits", str(lists), "--out", str(tmp_path / "out"),
             *COMMON[2:]]
-    with pytest.raises(SystemExit, match="no videos of Gamma in the split lists"):
-        main([*args, "--classes", "Alpha,Gamma"])
-    assert not list((tmp_path / "out").glob("shards/*.h5"))
+    assert main([*args, "--classes", "Alpha,Gamma"]) == 2
+    assert "no videos of Gamma in the split lists" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     for cls in CLASSES:  # the same file name in two classes: one video id for two videos
         fake_videos.make(tmp_path / "videos" / cls / "-y.avi", duration=2.0)
     lists = write_lists(tmp_path / "twice", ["Alpha/-y.avi", "Beta/-y.avi"], [])
-    with pytest.raises(SystemExit, match="video id -y names more than one video"):
-        main(["--videos", str(tmp_path / "videos"), "--splits", str(lists), "--out", str(tmp_path / "out2"), *COMMON])
-    assert not list((tmp_path / "out2").glob("shards/*.h5"))
+    assert main(["--videos", str(tmp_path / "videos"), "--splits", str(lists), "--out", str(tmp_path / "out2"),
+                 *COMMON]) == 2
+    assert "video id -y names more than one video" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
+def corrupt_middle(path: Path) -> None:
+    """Flip bytes in the middle of a file, keeping its size (frame data, far from HDF5's metadata)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def test_a_shard_corrupted_in_the_middle_is_redone_and_never_vouched_for(good, ray_session, tmp_path):
+    root, train, test = good
+    lists = write_lists(root, train, test)
+    out = tmp_path / "out"
+    assert run(root / "videos", lists, out) == 0
+    clean = index_content(out / "index.h5")
+    shard = sorted((out / "shards").glob("clips-*.h5"))[1]
+    manifest_before = {e["name"]: e for e in json.loads((out / "manifest.json").read_text())["shards"]}
+    corrupt_middle(shard)
+    deep = subprocess.run([sys.executable, "-m", "his.data.spec", "check", "--deep", str(out / "index.h5")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert deep.returncode == 1 and f"{shard}: sha256 differs" in deep.stdout
+
+    assert run(root / "videos", lists, out) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["shards_written"] == 1 and report["summary"]["shards_kept"] == 3
+    after = {e["name"]: e for e in json.loads((out / "manifest.json").read_text())["shards"]}
+    assert after.keys() == manifest_before.keys()
+    for name, entry in after.items():  # the kept ones vouched for as they were, the redone one as it is now
+        assert entry["sha256"] == (manifest_before[name]["sha256"] if name != f"shards/{shard.name}"
+                                   else sha256_file(shard))
+    redone = index_content(out / "index.h5")
+    for name in clean:
+        assert np.array_equal(redone[name], clean[name]), name
+
+
+def test_an_unwritable_out_or_a_busy_out_is_one_line(good, tmp_path, capsys):
+    from his.io import exclusive_dir
+
+    root, train, test = good
+    lists = write_lists(tmp_path, train, test)
+    (tmp_path / "file").write_text("")
+    assert run(root / "videos", lists, tmp_path / "file" / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the directory" in err[0] and str(tmp_path / "file" / "out") in err[0]
+    with exclusive_dir(tmp_path / "busy", "a test"):
+        assert run(root / "videos", lists, tmp_path / "busy") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'busy'} is in use by a test (pid {os.getpid()}" in err[0]

@@ -10,12 +10,15 @@ pretrained weights when no checkpoint is given), so a new checkpoint never mixes
 features that exist are not extracted again; when nothing is new and the index is complete, a run does nothing.
 
 This module extracts in one process; hpc.features spreads the same per-shard work over a Ray actor pool.
+Either holds the features directory as its one writer (his.io.exclusive_dir) and writes manifest.json there
+last, so readers check the feature shards as they check the clip shards.
 
     python -m his.audio.features [CONFIG.toml] data=demo/clips checkpoint=demo/soundnet/soundnet_finetuned.pt
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -30,11 +33,12 @@ from tqdm import tqdm
 from his.audio.finetune import load_checkpoint
 from his.audio.soundnet import SoundNet8, cache_dir, load_pretrained, pretrained_state_dict
 from his.config import ConfigError, stage_main
-from his.data.dataset import load_features, load_split, read_classes
-from his.data.shards import build_index, code_version, now_utc, sha256_file
+from his.data.dataset import load_features, load_split, open_set, read_classes
+from his.data.manifest import MANIFEST, source_problems
+from his.data.shards import build_index, code_version, now_utc, sha256_file, write_manifest
 from his.data.spec import decode_attr, encode_attr, kind_spec
 from his.distributed import choose_device
-from his.io import atomic_path
+from his.io import atomic_path, exclusive_dir
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -63,6 +67,8 @@ def checkpoint_identity(checkpoint: str) -> tuple[str, str]:
     if not checkpoint:
         pretrained_state_dict()  # makes sure the converted weights are cached
         checkpoint = str(cache_dir() / "soundnet8.pt")
+    elif not Path(checkpoint).is_file():
+        raise ConfigError(f"config: checkpoint={checkpoint!r}: no such file")
     return checkpoint, sha256_file(checkpoint)
 
 
@@ -123,7 +129,7 @@ def features_dir_for(data: str, checkpoint_sha256: str) -> Path:
 
 def clip_shards(index_path: Path) -> list[tuple[Path, int]]:
     """The clip shards behind the index's virtual `audio` dataset, in row order, with their row counts."""
-    with h5py.File(index_path, "r") as f:
+    with open_set(index_path, "clips") as f:
         sources = sorted(f["audio"].virtual_sources(), key=lambda s: s.vspace.get_select_bounds()[0][0])
         shards = []
         for s in sources:
@@ -163,7 +169,7 @@ def extract_shard(model: SoundNet8, layer: str, job: ShardJob, batch_size: int) 
 
 def is_complete(features_dir: Path, total_rows: int) -> bool:
     index = features_dir / "index.h5"
-    if not index.exists():
+    if not index.exists() or source_problems(index):
         return False
     with h5py.File(index, "r") as f:
         return "mean" in f and "std" in f and len(f["feature"]) == total_rows
@@ -204,6 +210,7 @@ def write_features(features_dir: Path, clip_shards: list[tuple[str | os.PathLike
         raise ValueError(f"{len(raw)} feature rows for {sum(rows for _, rows in clip_shards)} clips")
     features_dir = Path(features_dir)
     features_dir.mkdir(parents=True, exist_ok=True)
+    (features_dir / MANIFEST).unlink(missing_ok=True)  # it vouches for the shards written below, once they are
     shard_paths, row = [], 0
     for clip_shard, rows in clip_shards:
         path = features_dir / Path(clip_shard).name.replace("clips-", "features-")
@@ -215,6 +222,8 @@ def write_features(features_dir: Path, clip_shards: list[tuple[str | os.PathLike
     with h5py.File(index, "a") as f:
         f.create_dataset("mean", data=mean)
         f.create_dataset("std", data=std)
+    write_manifest(features_dir / MANIFEST, "features", shard_paths,
+                   {"layer": attrs["layer"], "checkpoint_sha256": attrs["checkpoint_sha256"]})
     return index
 
 
@@ -248,17 +257,23 @@ def summary_if_complete(features_dir: Path, sha: str, jobs: list[ShardJob]) -> d
             "skipped_shards": len(jobs)}
 
 
+def hold(features_dir: Path, what: str) -> contextlib.AbstractContextManager[Path]:
+    """The features directory held by one writer, `what`, its stale temporary files (and raw/'s) removed."""
+    return exclusive_dir(features_dir, what, temp_dirs=("", "raw"))
+
+
 def run(cfg: FeaturesConfig) -> dict:
     """Extract (in this process) the shards not yet extracted, then standardise and index; returns a summary."""
     features_dir, checkpoint, sha, jobs = plan(cfg)
-    done = summary_if_complete(features_dir, sha, jobs)
-    if done is not None:
-        return done
-    pending = pending_jobs(jobs)
-    model, layer = load_feature_model(cfg.checkpoint, cfg.layer, choose_device(cfg.device))
-    for job in tqdm(pending, desc="soundnet features"):
-        extract_shard(model, layer, job, cfg.batch_size)
-    summary = finish(cfg, features_dir, checkpoint, sha, jobs, layer)
+    with hold(features_dir, "his.audio.features"):
+        done = summary_if_complete(features_dir, sha, jobs)
+        if done is not None:
+            return done
+        pending = pending_jobs(jobs)
+        model, layer = load_feature_model(cfg.checkpoint, cfg.layer, choose_device(cfg.device))
+        for job in tqdm(pending, desc="soundnet features"):
+            extract_shard(model, layer, job, cfg.batch_size)
+        summary = finish(cfg, features_dir, checkpoint, sha, jobs, layer)
     return {**summary, "extracted_shards": len(pending), "skipped_shards": len(jobs) - len(pending)}
 
 

@@ -11,6 +11,7 @@ with the torch.distributed environment variables (torchrun, or hpc.launch).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -30,9 +31,9 @@ from tqdm import tqdm
 
 from his.audio.soundnet import LAYERS, SoundNet8, layer_channels, load_pretrained, parse_layers
 from his.data.dataset import load_split, read_classes, validation_mask
-from his.config import config_to_dict, save_config, stage_main
-from his.distributed import setup_distributed
-from his.io import atomic_path, write_json
+from his.config import ConfigError, config_to_dict, save_config, stage_main
+from his.distributed import is_main_rank, setup_distributed
+from his.io import atomic_path, exclusive_dir, write_json
 
 log = logging.getLogger("his.audio.finetune")  # not __name__, which is "__main__" under python -m
 
@@ -138,9 +139,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def run(cfg: FinetuneConfig) -> dict:
-    """Fine-tune, keep the best validation epoch, score train/val/test; returns the summary (also summary.json)."""
+    """Fine-tune, keep the best validation epoch, score train/val/test; returns the summary (also summary.json).
+
+    Rank 0 holds `out` as its one writer (his.io.exclusive_dir) from before any work to the end."""
     if cfg.train_layers not in ("all", "head"):
-        raise ValueError(f"train_layers must be 'all' or 'head', not {cfg.train_layers!r}")
+        raise ConfigError(f"config: train_layers={cfg.train_layers!r} must be all | head")
+    if not cfg.data or not (Path(cfg.data) / "index.h5").is_file():
+        raise ConfigError(f"config: data={cfg.data!r}: no index.h5 there")
+    with exclusive_dir(cfg.out, "his.audio.finetune") if is_main_rank() else contextlib.nullcontext():
+        return _finetune(cfg)
+
+
+def _finetune(cfg: FinetuneConfig) -> dict:
     dd = setup_distributed(cfg.device)
     rank, world, device = dd.rank, dd.world, dd.device
     torch.manual_seed(cfg.seed)

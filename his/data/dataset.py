@@ -1,20 +1,47 @@
 """Readers for training: whole splits as arrays, and a torch Dataset over the clip index.
 
 The index (OUT/index.h5) holds HDF5 virtual datasets over the shards, so readers never need to know how the
-clips were sharded. h5py handles are not fork-safe: ClipDataset opens the file lazily in each process.
+clips were sharded. Every reader opens a set through `open_set`, which first checks the shards against the
+set's manifest (his.data.manifest: size, and sha256 with HIS_VERIFY=full): a virtual dataset would read a
+missing shard as zeros. h5py handles are not fork-safe: ClipDataset opens the file lazily in each process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
 import torch
 
+from his.data.manifest import hdf5_reason, verify_set
+from his.io import InputError
+
 SPLITS = {"train": 0, "test": 1}
+
+
+@contextlib.contextmanager
+def open_set(path: str | os.PathLike, kind: str | None = None) -> Iterator[h5py.File]:
+    """The HDF5 file at `path` (an index or a shard; of `kind` when given), open for reading, once its shards
+    match the manifest; InputError (one line naming the file) when they do not, or when it or a shard cannot
+    be read."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    verify_set(path)
+    try:
+        with h5py.File(path, "r") as f:
+            have = f.attrs.get("kind", "")
+            have = have.decode() if isinstance(have, bytes) else str(have)
+            if kind is not None and have != kind:
+                raise InputError(f"{path}: not a {kind} set (its kind attr is {have!r})")
+            yield f
+    except OSError as e:
+        raise InputError(f"{path}: cannot read as HDF5 ({hdf5_reason(e)})") from None
+    except KeyError as e:  # a dataset or attr the reader needs is not there
+        raise InputError(f"{path}: {hdf5_reason(e)}") from None
 
 
 def _split_rows(f: h5py.File, split: str | None) -> np.ndarray:
@@ -34,13 +61,13 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
 
 def load_split(index_path: str | os.PathLike, split: str | None, fields: Sequence[str]) -> dict[str, np.ndarray]:
     """The rows of `split` ("train", "test", or None for all), in index order, as {field: array}."""
-    with h5py.File(index_path, "r") as f:
+    with open_set(index_path, "clips") as f:
         rows = _split_rows(f, split)
         return {name: _read_rows(f[name], rows) for name in fields}
 
 
 def read_classes(index_path: str | os.PathLike) -> list[str]:
-    with h5py.File(index_path, "r") as f:
+    with open_set(index_path, "clips") as f:
         return [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs["classes"]]
 
 
@@ -53,9 +80,9 @@ def load_features(features_dir: str | os.PathLike, split: str | None) -> np.ndar
     feature_file = features_dir / "index.h5"
     if not feature_file.is_file():
         raise FileNotFoundError(f"{features_dir}: no index.h5")
-    with h5py.File(features_dir.parent.parent / "index.h5", "r") as f:
+    with open_set(features_dir.parent.parent / "index.h5", "clips") as f:
         rows = _split_rows(f, split)
-    with h5py.File(feature_file, "r") as f:
+    with open_set(feature_file, "features") as f:
         return _read_rows(f["feature"], rows).astype(np.float32, copy=False)
 
 
@@ -84,7 +111,7 @@ class ClipDataset(torch.utils.data.Dataset):
     ) -> None:
         self.index_path = str(index_path)
         self.fields = list(fields)
-        with h5py.File(self.index_path, "r") as f:
+        with open_set(self.index_path, "clips") as f:
             self.rows = _split_rows(f, split)
             row_bytes = sum(int(np.prod(f[n].shape[1:])) * f[n].dtype.itemsize for n in self.fields)
         if in_memory is None:

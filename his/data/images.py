@@ -6,7 +6,8 @@ Every readable image: RGB, shorter side resized to 64, centre 64x64 crop (option
 the original first, as the report's manual 200x190 crop, §3.5.1). Files that are not images or cannot be
 decoded are skipped with one line each and listed in OUT/report.json. Writes OUT/images-NNNNN.h5,
 OUT/index.h5 (virtual datasets over the shards), OUT/manifest.json (datasets.h5.spec kind "images").
-A re-run over unchanged inputs with the same options finds the manifest up to date and does nothing.
+A re-run over unchanged inputs with the same options finds the manifest up to date, and its shards matching
+it, and does nothing. One run per OUT at a time (his.io.exclusive_dir).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from his.constants import IMAGE_SIZE
+from his.config import OneLineParser, cli_main
+from his.data.manifest import MANIFEST, manifest_entry, source_problems
 from his.data.shards import build_index, code_version, now_utc, write_manifest, write_shard
-from his.io import write_json
+from his.io import InputError, exclusive_dir, write_json
 from his.log import setup_logging
 
 log = logging.getLogger("his.data.images")  # not __name__, which is "__main__" under python -m
@@ -59,15 +62,30 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, shard_images: int = 4
     """Ingest every file under `src`; returns the report {"images", "skipped": [{"path", "reason"}], ...}."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: not a directory")
+        raise InputError(f"{src}: not a directory (--src)")
     files = sorted(p for p in src.rglob("*") if p.is_file())
+    with exclusive_dir(out, "his.data.images"):
+        return _ingest(src, out, files, shard_images, crop)
+
+
+def _up_to_date(out: Path, digest: str) -> bool:
+    manifest_path = out / MANIFEST
+    if not (manifest_path.exists() and (out / "index.h5").exists() and (out / "report.json").exists()):
+        return False
+    try:
+        same_inputs = json.loads(manifest_path.read_text()).get("inputs_sha256") == digest
+    except (OSError, ValueError, AttributeError):
+        return False
+    return same_inputs and not source_problems(out / "index.h5")
+
+
+def _ingest(src: Path, out: Path, files: list[Path], shard_images: int, crop: tuple[int, int] | None) -> dict:
     digest = _inputs_digest(files, src, {"crop": crop, "shard_images": shard_images})
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists() and (out / "index.h5").exists():
-        if json.loads(manifest_path.read_text()).get("inputs_sha256") == digest:
-            log.info(f"{out}: up to date ({manifest_path})")
-            return json.loads((out / "report.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    if _up_to_date(out, digest):
+        log.info(f"{out}: up to date ({manifest_path})")
+        return json.loads((out / "report.json").read_text())
+    manifest_path.unlink(missing_ok=True)  # it vouches for the shards written below, once they are
     for old in out.glob("images-*.h5"):
         old.unlink()
 
@@ -77,7 +95,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, shard_images: int = 4
         path = out / f"images-{len(shards):05d}.h5"
         write_shard(path, "images", {"image": np.stack(images), "source": np.array(sources, dtype=object)},
                     {"code_version": code_version(), "created": now_utc()})
-        shards.append(path)
+        shards.append(manifest_entry(path, out, len(images)))  # hashed right after writing
         images.clear()
         sources.clear()
 
@@ -94,8 +112,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, shard_images: int = 4
     if images:
         flush()
     if not shards:
-        raise ValueError(f"{src}: no readable images among {len(files)} files")
-    total = build_index(out / "index.h5", shards, "images")
+        raise InputError(f"{src}: no readable images among {len(files)} files")
+    total = build_index(out / "index.h5", [out / e["name"] for e in shards], "images")
     report = {"src": str(src), "out": str(out), "files": len(files), "images": total, "skipped": skipped,
               "crop": list(crop) if crop else None}
     write_json(out / "report.json", report)
@@ -105,20 +123,30 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, shard_images: int = 4
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return cli_main("his.data.images", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = OneLineParser(prog="python -m his.data.images", description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, help="folder tree of images (PPMI layout or any)")
     parser.add_argument("--out", required=True, help="output folder for the image shards")
     parser.add_argument("--shard-images", type=int, default=4096)
-    parser.add_argument("--crop", default=None, help="centre crop WxH of each original first, e.g. 200x190")
+    parser.add_argument("--crop", type=parse_crop, default=None,
+                        help="centre crop WxH of each original first, e.g. 200x190")
     args = parser.parse_args(argv)
+    if args.shard_images <= 0:
+        parser.error(f"--shard-images must be > 0, not {args.shard_images}")
     setup_logging()
-    crop = tuple(int(v) for v in args.crop.lower().split("x")) if args.crop else None
-    try:
-        ingest(args.src, args.out, args.shard_images, crop)
-    except (FileNotFoundError, ValueError) as e:
-        print(e, file=sys.stderr)
-        return 1
+    ingest(args.src, args.out, args.shard_images, args.crop)
     return 0
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    """'200x190' as (200, 190)."""
+    w, _, h = text.strip().lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise argparse.ArgumentTypeError(f"--crop must look like 200x190, not {text!r}")
+    return int(w), int(h)
 
 
 if __name__ == "__main__":

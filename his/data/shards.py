@@ -7,7 +7,6 @@ of one video, and a shard of videos), which hpc.preprocess drives with Ray.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ import h5py
 import numpy as np
 
 import his
+from his.data.manifest import manifest_entry, sha256_file  # noqa: F401 (sha256_file: re-exported)
 from his.data.spec import dataset_shape, decode_attr, encode_attr, kind_spec, storage_options
 from his.io import atomic_path, write_json
 
@@ -189,38 +189,25 @@ def build_index(index_path: str | os.PathLike, shard_paths: Sequence[str | os.Pa
     return total
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+def shard_rows(path: str | os.PathLike, kind: str) -> int:
+    with h5py.File(path, "r") as f:
+        return len(f[next(iter(kind_spec(kind)["datasets"]))])
 
 
-def write_manifest(
-    path: str | os.PathLike, kind: str, shard_paths: Sequence[str | os.PathLike], extra: dict[str, Any]
-) -> dict:
-    """Write manifest.json: each shard's name (relative to the manifest), rows, bytes and sha256."""
+def write_manifest(path: str | os.PathLike, kind: str, shards: Sequence[str | os.PathLike | dict[str, Any]],
+                   extra: dict[str, Any]) -> dict:
+    """Write manifest.json: each shard's name (relative to the manifest), rows, bytes and sha256. A path in
+    `shards` is described as it is on disk now, so give paths only of shards just written; a dict is an entry
+    (manifest_entry) made when its shard was written or found to match an earlier manifest."""
     base = Path(path).parent
-    shards = []
-    for shard in shard_paths:
-        with h5py.File(shard, "r") as f:
-            rows = len(f[next(iter(kind_spec(kind)["datasets"]))])
-        shards.append(
-            {
-                "name": os.path.relpath(shard, base),
-                "rows": rows,
-                "bytes": os.path.getsize(shard),
-                "sha256": sha256_file(shard),
-            }
-        )
+    entries = [s if isinstance(s, dict) else manifest_entry(s, base, shard_rows(s, kind)) for s in shards]
     manifest = {
         "kind": kind,
         "spec_version": kind_spec(kind)["attrs"]["spec_version"]["value"],
         "created": now_utc(),
-        "rows": sum(s["rows"] for s in shards),
+        "rows": sum(e["rows"] for e in entries),
         **extra,
-        "shards": shards,
+        "shards": entries,
     }
     write_json(path, manifest)
     return manifest

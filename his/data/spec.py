@@ -1,6 +1,11 @@
 """datasets.h5.spec: read the spec, give writers their storage layout, and check files against it.
 
-    python -m his.data.spec check FILE...     lists every deviation; exit 1 on any
+    python -m his.data.spec check [--deep] FILE...     lists every deviation; exit 1 on any
+
+Besides the format, an index's shards are checked against the manifest.json beside it (his.data.manifest):
+each must exist, and when a manifest is there, be listed with its size; a shard listed in the manifest of
+its folder (or the one above) must have that size. --deep also compares every sha256 and counts an index
+without a manifest as a deviation. A bad command line is one line and exit 2.
 
 The spec file is the only description of the format; nothing here repeats it. It ships inside the package,
 his/data/datasets.h5.spec (read with importlib.resources, so an installed copy finds it from any directory);
@@ -9,7 +14,6 @@ datasets.h5.spec at the repository root is a symbolic link to it. HIS_SPEC=PATH 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,6 +25,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from his.config import OneLineParser, cli_main
+from his.data.manifest import MANIFEST, entry_problem, hdf5_reason, read_manifest, source_problems, virtual_sources
+from his.io import InputError
 
 SPEC_PATH = (Path(os.environ["HIS_SPEC"]) if os.environ.get("HIS_SPEC")
              else resources.files("his.data") / "datasets.h5.spec")
@@ -130,89 +138,137 @@ def _dtype_ok(ds: h5py.Dataset, dtype: str) -> bool:
     return ds.dtype == np.dtype(dtype)
 
 
-def check_file(path: str | os.PathLike, spec: dict | None = None) -> list[str]:
-    """Every way the HDF5 file at `path` deviates from the spec, one line each (empty when it conforms)."""
+def check_file(path: str | os.PathLike, spec: dict | None = None, deep: bool = False) -> list[str]:
+    """Every way the HDF5 file at `path` deviates from the spec, one line each (empty when it conforms), and
+    how its shards (an index) or itself (a shard) differ from their manifest; `deep` adds the sha256s."""
     spec = spec or load_spec()
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        return [f"{path}: cannot open as HDF5 ({e})"]
-    problems: list[str] = []
-    with f:
-        kind = decode_attr(f.attrs.get("kind", ""), "str")
-        if kind not in spec["kinds"]:
-            return [f"{path}: attr kind={kind!r} is not a kind of the spec ({', '.join(spec['kinds'])})"]
-        role = decode_attr(f.attrs.get("role", ""), "str")
-        if role not in ROLES:
-            return [f"{path}: attr role={role!r} is not one of {ROLES}"]
-        ks = spec["kinds"][kind]
-        attrs = {k: f.attrs[k] for k in f.attrs}
+        return [f"{path}: cannot open as HDF5 ({hdf5_reason(e)})"]
+    try:
+        with f:
+            problems = _check_open_file(path, f, spec)
+    except OSError as e:  # damaged metadata: h5py fails part-way through
+        return [f"{path}: cannot read ({hdf5_reason(e)})"]
+    return problems + _check_manifest(Path(path), deep)
 
-        for name, entry in ks["attrs"].items():
-            if not _applies(entry, role):
-                continue
-            if name not in attrs:
-                if entry.get("required", True):
-                    problems.append(f"{path}: missing attr {name}")
-                continue
-            if not _attr_type_ok(attrs[name], entry["type"]):
-                problems.append(f"{path}: attr {name} should be {entry['type']}, is {type(attrs[name]).__name__}")
-                continue
+
+def _read_attrs(path: str | os.PathLike, f: h5py.File) -> tuple[dict[str, Any], list[str]]:
+    attrs, problems = {}, []
+    for name in f.attrs:
+        try:
+            attrs[name] = f.attrs[name]
+        except (OSError, TypeError, ValueError) as e:
+            problems.append(f"{path}: attr {name} cannot be read ({hdf5_reason(e)})")
+    return attrs, problems
+
+
+def _int_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attrs usable as "@attr" dimensions: integer scalars (others are reported where a shape needs them)."""
+    return {k: int(v) for k, v in attrs.items() if _attr_type_ok(v, "int")}
+
+
+def _check_open_file(path: str | os.PathLike, f: h5py.File, spec: dict) -> list[str]:
+    attrs, problems = _read_attrs(path, f)
+    for name, allowed in (("kind", spec["kinds"]), ("role", ROLES)):
+        value = attrs.get(name, "")
+        if not _attr_type_ok(value, "str"):
+            return problems + [f"{path}: attr {name} should be str, is {type(value).__name__}"]
+        value = decode_attr(value, "str")
+        if value not in allowed:
+            return problems + [f"{path}: attr {name}={value!r} is not a {name} of the spec ({', '.join(allowed)})"]
+    kind, role = decode_attr(attrs["kind"], "str"), decode_attr(attrs["role"], "str")
+    ks = spec["kinds"][kind]
+
+    for name, entry in ks["attrs"].items():
+        if not _applies(entry, role) or name not in attrs and name in f.attrs:  # unreadable: reported above
+            continue
+        if name not in attrs:
+            if entry.get("required", True):
+                problems.append(f"{path}: missing attr {name}")
+            continue
+        if not _attr_type_ok(attrs[name], entry["type"]):
+            problems.append(f"{path}: attr {name} should be {entry['type']}, is {type(attrs[name]).__name__}")
+            continue
+        try:
             value = decode_attr(attrs[name], entry["type"])
-            if "value" in entry and value != entry["value"]:
-                problems.append(f"{path}: attr {name}={value!r}, spec says {entry['value']!r}")
-        for name in attrs:
-            if name not in ks["attrs"]:
-                problems.append(f"{path}: attr {name} is not in the spec")
+        except ValueError as e:  # json that does not parse
+            problems.append(f"{path}: attr {name} should be {entry['type']}, does not parse ({e})")
+            continue
+        if "value" in entry and value != entry["value"]:
+            problems.append(f"{path}: attr {name}={value!r}, spec says {entry['value']!r}")
+    for name in attrs:
+        if name not in ks["attrs"]:
+            problems.append(f"{path}: attr {name} is not in the spec")
 
-        rows: int | None = None
-        free: dict[str, int] = {}
-        for name, entry in ks["datasets"].items():
-            if not _applies(entry, role):
-                continue
-            if name not in f:
-                problems.append(f"{path}: missing dataset {name}")
-                continue
-            ds = f[name]
-            where = f"{path}: dataset {name}"
-            if not _dtype_ok(ds, entry["dtype"]):
-                problems.append(f"{where} has dtype {ds.dtype}, spec says {entry['dtype']}")
-            try:
-                want = _resolve(entry["shape"], {k: decode_attr(v, "int") for k, v in attrs.items()})
-            except (KeyError, ValueError, TypeError) as e:
-                problems.append(f"{where}: shape {entry['shape']} needs attr {e}")
-                continue
-            if len(want) != ds.ndim:
+    rows: int | None = None
+    free: dict[str, int] = {}
+    int_attrs = _int_attrs(attrs)
+    for name, entry in ks["datasets"].items():
+        if not _applies(entry, role):
+            continue
+        if name not in f:
+            problems.append(f"{path}: missing dataset {name}")
+            continue
+        ds = f[name]
+        where = f"{path}: dataset {name}"
+        if not _dtype_ok(ds, entry["dtype"]):
+            problems.append(f"{where} has dtype {ds.dtype}, spec says {entry['dtype']}")
+        try:
+            want = _resolve(entry["shape"], int_attrs)
+        except KeyError as e:
+            problems.append(f"{where}: shape {entry['shape']} needs integer attr {e}")
+            continue
+        if len(want) != ds.ndim:
+            problems.append(f"{where} has shape {ds.shape}, spec says {entry['shape']}")
+            continue
+        for dim, size in zip(want, ds.shape):
+            if dim == "N":
+                rows = size if rows is None else rows
+                if size != rows:
+                    problems.append(f"{where} has {size} rows, other datasets have {rows}")
+            elif isinstance(dim, str):
+                if free.setdefault(dim, size) != size:
+                    problems.append(f"{where}: dimension {dim}={size}, elsewhere {free[dim]}")
+            elif dim != size:
                 problems.append(f"{where} has shape {ds.shape}, spec says {entry['shape']}")
-                continue
-            for dim, size in zip(want, ds.shape):
-                if dim == "N":
-                    rows = size if rows is None else rows
-                    if size != rows:
-                        problems.append(f"{where} has {size} rows, other datasets have {rows}")
-                elif isinstance(dim, str):
-                    if free.setdefault(dim, size) != size:
-                        problems.append(f"{where}: dimension {dim}={size}, elsewhere {free[dim]}")
-                elif dim != size:
-                    problems.append(f"{where} has shape {ds.shape}, spec says {entry['shape']}")
-                    break
-            if ds.is_virtual:
-                problems += _check_virtual(path, name, ds)
-            else:
-                problems += _check_layout(where, ds, entry, attrs)
-        for name in f:
-            if name not in ks["datasets"]:
-                problems.append(f"{path}: dataset {name} is not in the spec")
+                break
+        if not ds.is_virtual:
+            problems += _check_layout(where, ds, entry, int_attrs)
+    for name in f:
+        if name not in ks["datasets"]:
+            problems.append(f"{path}: dataset {name} is not in the spec")
     return problems
 
 
-def _check_layout(where: str, ds: h5py.Dataset, entry: dict, attrs: dict) -> list[str]:
+def _check_manifest(path: Path, deep: bool) -> list[str]:
+    """An index: its sources against the manifest beside it (--deep: there must be one). A shard: itself
+    against the manifest of its folder or the one above, when one lists it."""
+    if virtual_sources(path):
+        return source_problems(path, "full" if deep else "size", need_manifest=deep)
+    for manifest in (path.parent / MANIFEST, path.parent.parent / MANIFEST):
+        if manifest.is_file():
+            try:
+                entry = read_manifest(manifest).get(os.path.normpath(os.path.relpath(path, manifest.parent)))
+            except InputError as e:
+                return [str(e)]
+            if entry is not None:
+                problem = entry_problem(path, entry, deep, manifest)
+                return [problem] if problem else []
+    return []
+
+
+def _check_layout(where: str, ds: h5py.Dataset, entry: dict, int_attrs: dict) -> list[str]:
     if ds.size == 0:
         return []  # empty datasets are written unchunked: HDF5 cannot chunk a zero-sized fixed shape
     problems = []
     want_chunks = None
     if entry["chunks"] != "contiguous":
-        want_chunks = _chunk_shape(entry["chunks"], {k: decode_attr(v, "int") for k, v in attrs.items()}, ds.shape)
+        try:
+            want_chunks = _chunk_shape(entry["chunks"], int_attrs, ds.shape)
+        except KeyError as e:
+            return [f"{where}: chunks {entry['chunks']} need integer attr {e}"]
     if ds.chunks != want_chunks:
         problems.append(f"{where} has chunks {ds.chunks}, spec says {entry['chunks']}")
     have = "none" if ds.compression is None else ds.compression
@@ -223,30 +279,27 @@ def _check_layout(where: str, ds: h5py.Dataset, entry: dict, attrs: dict) -> lis
     return problems
 
 
-def _check_virtual(path: str | os.PathLike, name: str, ds: h5py.Dataset) -> list[str]:
-    problems = []
-    base = Path(path).parent
-    for source in ds.virtual_sources():
-        if not (base / source.file_name).exists():
-            problems.append(f"{path}: dataset {name} maps to missing file {source.file_name}")
-    return problems
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m his.data.spec", description=__doc__.splitlines()[0])
+    return cli_main("his.data.spec", _check_command, argv)
+
+
+def _check_command(argv: list[str]) -> int:
+    parser = OneLineParser(prog="python -m his.data.spec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate HDF5 files against datasets.h5.spec")
+    check.add_argument("--deep", action="store_true", help="also compare every shard's sha256 with its manifest")
     check.add_argument("files", nargs="+")
     args = parser.parse_args(argv)
 
     failed = 0
     for file in args.files:
-        problems = check_file(file)
+        problems = check_file(file, deep=args.deep)
         for line in problems:
             print(line)
         failed += bool(problems)
     n = len(args.files)
-    print(f"{n - failed} of {n} file(s) conform to {SPEC_PATH} (spec_version {load_spec()['spec_version']})")
+    print(f"{n - failed} of {n} file(s) conform to {SPEC_PATH} (spec_version {load_spec()['spec_version']})"
+          + (", shards checked against their manifests' sha256" if args.deep else ""))
     return 1 if failed else 0
 
 

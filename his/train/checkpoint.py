@@ -7,6 +7,7 @@ noise as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from his.io import atomic_path
+from his.distributed import is_main_rank
+from his.io import atomic_path, exclusive_dir
 
 BEST = "best.pt"
 
@@ -65,6 +67,14 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     for old in [p for p in sorted(ckpt_dir.glob("step-*.pt")) if p.name <= path.name][:-keep]:
         old.unlink()
     return path
+
+
+def hold_run_dir(run_dir: str | os.PathLike, what: str) -> contextlib.AbstractContextManager:
+    """The run directory held by its one writer, `what` (rank 0; other ranks hold nothing), with the temporary
+    files a killed writer left (torn checkpoints among them) removed once it is held."""
+    if not is_main_rank():
+        return contextlib.nullcontext()
+    return exclusive_dir(run_dir, what, temp_dirs=("", "checkpoints", "samples"))
 
 
 def save_best(run_dir: Path, payload: dict[str, Any]) -> Path:

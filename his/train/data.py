@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from his.config import ConfigError
-from his.data.dataset import load_features, load_split, validation_mask
+from his.data.dataset import load_features, load_split, open_set, validation_mask
 from his.constants import IMAGE_SIZE
 from his.frames import scale_to_images
 from his.train.config import PretrainConfig, TrainConfig
@@ -52,7 +51,7 @@ def _h5(path: str, name: str, field_name: str) -> Path:
 
 
 def load_images(cfg: PretrainConfig) -> TrainingData:
-    with h5py.File(_h5(cfg.images, "index.h5", "images"), "r") as f:
+    with open_set(_h5(cfg.images, "index.h5", "images"), "images") as f:
         frames = f["image"][()]
     return TrainingData(frames=frames, cond=None, labels=None)
 
@@ -64,7 +63,7 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     feature_file = features_dir / "index.h5"
     if not cfg.features or not feature_file.is_file():
         raise ConfigError(f"config: features={cfg.features!r}: no index.h5 there")
-    with h5py.File(index, "r") as f, h5py.File(feature_file, "r") as g:
+    with open_set(index, "clips") as f, open_set(feature_file, "features") as g:
         if cfg.frames not in f:
             raise ConfigError(f"config: frames={cfg.frames!r} is not a dataset of {index}")
         n, (n_feat, dim) = len(f["label"]), g["feature"].shape

@@ -30,8 +30,8 @@ from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
 from his.models import Critic, ProjectionCritic, SimpleGenerator, build_critic, build_generator
 from his.train.checkpoint import (
-    latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state, step_generator,
-    warm_start, weights_digest,
+    hold_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state,
+    step_generator, warm_start, weights_digest,
 )
 from his.train.config import GANConfig, TrainConfig, resolve
 from his.train.data import Batches, TrainingData, WrongSounds, load_clips, load_images, make_batch
@@ -240,17 +240,19 @@ def _grad_norm(model: nn.Module) -> torch.Tensor:
 def run(cfg: GANConfig, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train (TrainConfig) or pretrain (PretrainConfig); returns a summary with "status" completed|interrupted.
 
-    Raises ConfigError before any training for a bad config, NonFiniteLoss when a loss term is NaN/inf.
+    Raises ConfigError before any training for a bad config, InputError for a data set that does not match
+    its manifest or a run directory another run holds, NonFiniteLoss when a loss term is NaN/inf.
     """
     cfg = resolve(cfg)
-    data = load_clips(cfg) if isinstance(cfg, TrainConfig) else load_images(cfg)
-    dd = setup_distributed(cfg.device)
-    stop = StopRequest(cfg.stop_signals, should_stop)
-    try:
-        return _train(cfg, data, dd, stop)
-    finally:
-        stop.restore()
-        dd.close()
+    with hold_run_dir(cfg.out, "his.train" if isinstance(cfg, TrainConfig) else "his.train pretrain"):
+        data = load_clips(cfg) if isinstance(cfg, TrainConfig) else load_images(cfg)
+        dd = setup_distributed(cfg.device)
+        stop = StopRequest(cfg.stop_signals, should_stop)
+        try:
+            return _train(cfg, data, dd, stop)
+        finally:
+            stop.restore()
+            dd.close()
 
 
 def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Callable,
