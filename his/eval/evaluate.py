@@ -18,12 +18,14 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from his.constants import SAMPLE_RATE
 from his.eval import figures
 from his.eval.classifier import (
     FrameNet,
@@ -40,10 +42,18 @@ from his.eval.metrics import (
     retrieval_recall,
     spearman,
 )
+from his.eval.report import eval_report, format_number, summary_rows
 from his.frames import to_frames
 from his.io import atomic_path, write_json
 
 GenerateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# What a sweep's runs are compared by in TensorBoard's HParams tab: the eval/ scalars of these overall numbers
+# (at the evaluated checkpoint's step) and the validation accuracy during training.
+HPARAM_METRICS = (*(f"eval/{name}" for name in ("conditional_accuracy", "ceiling_accuracy", "shuffled_accuracy",
+                                                "shuffled_follows_sound", "class_r1", "intra_fid", "fid",
+                                                "diversity_within_sound")),
+                  "val/conditional_accuracy", "val/ceiling")
 
 
 @dataclass
@@ -52,6 +62,7 @@ class EvalData:
 
     test_features: the test clips' sound features (n_test, D), as the generator was trained on them.
     test_video_ids: lets Figure 8 take its two sounds from two different videos.
+    test_audio: the test clips' int16 audio windows (n_test, S) at `sample_rate`, for the report's players.
     train_attributes / test_attributes: per-clip numeric sound attributes, name -> (n,), for attribute following.
     """
 
@@ -64,6 +75,8 @@ class EvalData:
     test_video_ids: np.ndarray | None = None
     train_attributes: dict[str, np.ndarray] | None = None
     test_attributes: dict[str, np.ndarray] | None = None
+    test_audio: np.ndarray | None = None
+    sample_rate: int = SAMPLE_RATE
 
 
 @dataclass
@@ -163,6 +176,24 @@ def _classify(
     return logits.argmax(1), feat
 
 
+def _per_clip(classes: list[str], labels: np.ndarray, predicted: np.ndarray,
+              shuffled: ShuffledSounds | None, shuffled_predicted: np.ndarray | None) -> list[dict[str, Any]]:
+    """For each test clip, from the class read off each of its K images (predicted, int (n, K)): the class read
+    most often and its share, the share read as the clip's class; with the control, the clip whose sound drew
+    the shuffled images and their share read as this clip's class."""
+    rows = []
+    for i, (label, read) in enumerate(zip(labels, predicted)):
+        counts = np.bincount(read, minlength=len(classes))
+        row: dict[str, Any] = {"class": classes[label], "read_as": classes[int(counts.argmax())],
+                               "read_as_share": float(counts.max() / len(read)),
+                               "accuracy": float(counts[label] / len(read))}
+        if shuffled is not None:
+            row["shuffled_sound"] = int(shuffled.sounds[i])
+            row["shuffled_accuracy"] = float((shuffled_predicted[i] == label).mean())
+        rows.append(row)
+    return rows
+
+
 def _ratio(value: float, reference: float) -> float:
     return value / reference if reference > 0 else math.nan
 
@@ -254,6 +285,7 @@ def compute_metrics(
     gen_hits = gen_predicted == gen_labels
     # nan where there is no control, so the results always have the same keys
     shuffled_hits = shuffled_follows = np.full(n * k, math.nan)
+    shuffled_predicted = None
     if shuffled is not None:
         shuffled_predicted, _ = _classify(classifier, shuffled.samples, settings, device)
         shuffled_hits = shuffled_predicted == gen_labels
@@ -313,6 +345,8 @@ def compute_metrics(
         "classes": classes,
         "overall": overall,
         "per_class": per_class,
+        "per_clip": _per_clip(classes, test_labels, gen_predicted.reshape(n, k), shuffled,
+                              None if shuffled_predicted is None else shuffled_predicted.reshape(n, k)),
         "classifier": {"cache": str(classifier_path) if classifier_path else None, **asdict(settings.classifier)},
     }
     if data.train_attributes and data.test_attributes:
@@ -337,11 +371,7 @@ def _figure_clips(data: EvalData, settings: EvalSettings) -> tuple[list[int], tu
 
 
 def _markdown(results: dict[str, Any]) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "–" if math.isnan(value) else f"{value:.3g}"
-        return str(value)
-
+    cell = format_number
     o = results["overall"]
     lines = [
         "# Evaluation",
@@ -355,21 +385,7 @@ def _markdown(results: dict[str, Any]) -> str:
         "",
         "| metric | generated | real |",
         "|---|---|---|",
-        f"| conditional accuracy | {cell(o['conditional_accuracy'])} | {cell(o['ceiling_accuracy'])} |",
-        f"| shuffled sound: read as the clip's class (chance 1/{len(results['classes'])} = "
-        f"{cell(o['chance_accuracy'])}) "
-        f"| {cell(o['shuffled_accuracy'])} | |",
-        f"| shuffled sound: read as the sound's class | {cell(o['shuffled_follows_sound'])} "
-        f"| {cell(o['ceiling_accuracy'])} |",
-        f"| R@1 / R@5 own frame | {cell(o['own_r1'])} / {cell(o['own_r5'])} | |",
-        f"| R@1 / R@5 class | {cell(o['class_r1'])} / {cell(o['class_r5'])} "
-        f"| {cell(o['class_r1_real'])} / {cell(o['class_r5_real'])} |",
-        f"| FID | {cell(o['fid'])} | {cell(o['fid_real'])} |",
-        f"| KID | {cell(o['kid'])} | {cell(o['kid_real'])} |",
-        f"| intra-class FID (mean over classes) | {cell(o['intra_fid'])} | {cell(o['intra_fid_real'])} |",
-        f"| intra-class KID (mean over classes) | {cell(o['intra_kid'])} | {cell(o['intra_kid_real'])} |",
-        f"| diversity within one sound / real | {cell(o['diversity_within_sound'])} | 1 |",
-        f"| diversity across sounds of a class / real | {cell(o['diversity_across_sounds'])} | 1 |",
+        *(f"| {name} | {cell(generated)} | {cell(real)} |" for name, generated, real in summary_rows(results)),
         "",
         "| class | clips | accuracy | ceiling | accuracy, shuffled sound | R@1 own | R@5 own | R@1 class | FID "
         "| FID real | KID | KID real | div. within | div. across |",
@@ -397,6 +413,18 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_hparams(writer: SummaryWriter, config: dict[str, Any], metrics: Sequence[str] = HPARAM_METRICS) -> None:
+    """The run's HParams session in the writer's own run: `config` (config_to_dict of the resolved config; lists
+    as text) as its hyperparameters, the scalars `metrics` as its metric columns (each cell: the last value).
+
+    The trainer writes it when it ends and his.eval again, the same: TensorBoard keeps one session per run (the
+    first), so a run is one row, its eval/ cells filled once his.eval has written those scalars.
+    """
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
+    for summary in hparams_summaries(hparams, dict.fromkeys(metrics, 0.0)):
+        writer.file_writer.add_summary(summary)
+
+
 def _json_safe(value: Any) -> Any:
     """NaN is not JSON: write it as null."""
     if isinstance(value, dict):
@@ -418,9 +446,12 @@ def evaluate(
     step: int = 0,
     device: torch.device | str = "cpu",
     shuffled: ShuffledSounds | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """compute_metrics, then write OUT_DIR/results.json, results.md, figure7.png, figure8.png; with `log_dir`,
-    the overall numbers (eval/...) and both figures also go to TensorBoard at `step`. Returns the results."""
+    """compute_metrics, then write OUT_DIR/results.json, results.md, figure7.png, figure8.png and report.html
+    (his.eval.report: a player, the images and the scores of every test clip); with `log_dir`, the overall
+    numbers (eval/...) and both figures also go to TensorBoard at `step`, and with `hparams` (the run's resolved
+    config) its HParams session (log_hparams). Returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = compute_metrics(data, samples, settings, cache_dir, device, shuffled)
@@ -440,6 +471,7 @@ def evaluate(
     for name, image in images.items():
         figures.save_png(image, out_dir / f"{name}.png")
         results["figures"][name] = str(out_dir / f"{name}.png")
+    results["report"] = str(eval_report(out_dir, results, data, samples))
 
     write_json(out_dir / "results.json", _json_safe(results))
     with atomic_path(out_dir / "results.md") as tmp:
@@ -455,4 +487,6 @@ def evaluate(
                     writer.add_scalar(f"eval/spearman_{name}", attribute["spearman"], step)
             for name, image in images.items():
                 writer.add_image(f"eval/{name}", image, step, dataformats="HWC")
+            if hparams is not None:
+                log_hparams(writer, hparams)
     return results
