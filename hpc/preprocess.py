@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -168,8 +168,10 @@ def previous_entries(manifest: Path) -> dict[str, dict]:
         return {}
 
 
-def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int) -> Iterator[VideoResult]:
-    """Yield results as Ray tasks finish, with never more than `max_in_flight` videos submitted at once."""
+def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int,
+              check: Callable[[], None] = lambda: None) -> Iterator[VideoResult]:
+    """Yield results as Ray tasks finish, with never more than `max_in_flight` videos submitted at once;
+    `check()` is called at least every second (it raises to stop)."""
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=2)(process_video)
@@ -177,7 +179,10 @@ def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int) -> It
     pending = iter(videos)
     in_flight = [task.remote(v, settings_ref) for v in itertools.islice(pending, max_in_flight)]
     while in_flight:
-        done, in_flight = ray.wait(in_flight, num_returns=1)
+        check()
+        done, in_flight = ray.wait(in_flight, num_returns=1, timeout=1.0)
+        if not done:
+            continue
         next_video = next(pending, None)
         if next_video is not None:
             in_flight.append(task.remote(next_video, settings_ref))
@@ -259,36 +264,37 @@ def preprocess(args: argparse.Namespace, classes: list[str], settings: Settings,
     todo_videos = [v for k in todo for v in plan[k]]
     if todo_videos:
         t = time.perf_counter()
-        with ray_session(args) as cpus:
+        with ray_session(args) as (cpus, stop):
             summary.seconds["start ray"] = time.perf_counter() - t
             shard_of = {v.path: k for k in todo for v in plan[k]}
             waiting = {k: len(plan[k]) for k in todo}
             results: dict[int, list[VideoResult]] = {k: [] for k in todo}
-            bar = tqdm(total=len(todo_videos), unit="video", desc="preprocess", dynamic_ncols=True, file=sys.stderr)
-            t_loop = time.perf_counter()
-            for result in run_tasks(todo_videos, settings, max_in_flight=cpus):
-                summary.seconds["decode (sum over tasks)"] += result.decode_s
-                if result.columns is None:
-                    tqdm.write(f"skip {result.video.path}: {result.reason}", file=sys.stderr)
-                    summary.videos_skipped += 1
-                    skipped.append({"path": result.video.path, "reason": result.reason,
-                                    "shard": paths[shard_of[result.video.path]].name})
-                else:
-                    summary.videos_kept += 1
-                    summary.clips += len(result.columns["audio"])
-                k = shard_of[result.video.path]
-                results[k].append(result)
-                waiting[k] -= 1
-                if waiting[k] == 0:
-                    t = time.perf_counter()
-                    rows = write_plan_shard(paths[k], plan[k], results.pop(k), attrs)
-                    entries[k] = manifest_entry(paths[k], out, rows)  # hashed right after writing
-                    write_entries()
-                    summary.seconds["write shards"] += time.perf_counter() - t
-                    summary.shards_written += 1
-                bar.update(1)
-                bar.set_postfix(clips=summary.clips, clips_s=f"{summary.clips / (time.perf_counter() - t_loop):.1f}")
-            bar.close()
+            with tqdm(total=len(todo_videos), unit="video", desc="preprocess", dynamic_ncols=True,
+                      file=sys.stderr) as bar:
+                t_loop = time.perf_counter()
+                for result in run_tasks(todo_videos, settings, cpus, stop.check):
+                    summary.seconds["decode (sum over tasks)"] += result.decode_s
+                    if result.columns is None:
+                        tqdm.write(f"skip {result.video.path}: {result.reason}", file=sys.stderr)
+                        summary.videos_skipped += 1
+                        skipped.append({"path": result.video.path, "reason": result.reason,
+                                        "shard": paths[shard_of[result.video.path]].name})
+                    else:
+                        summary.videos_kept += 1
+                        summary.clips += len(result.columns["audio"])
+                    k = shard_of[result.video.path]
+                    results[k].append(result)
+                    waiting[k] -= 1
+                    if waiting[k] == 0:
+                        t = time.perf_counter()
+                        rows = write_plan_shard(paths[k], plan[k], results.pop(k), attrs)
+                        entries[k] = manifest_entry(paths[k], out, rows)  # hashed right after writing
+                        write_entries()
+                        summary.seconds["write shards"] += time.perf_counter() - t
+                        summary.shards_written += 1
+                    bar.update(1)
+                    rate = summary.clips / (time.perf_counter() - t_loop)
+                    bar.set_postfix(clips=summary.clips, clips_s=f"{rate:.1f}")
         summary.seconds["decode + write (wall)"] = time.perf_counter() - t_loop
     else:
         summary.seconds["decode + write (wall)"] = 0.0
@@ -314,18 +320,39 @@ def write_plan_shard(path: Path, videos: list[Video], results: list[VideoResult]
 
 
 class Stopped(Exception):
-    """SIGTERM or SIGINT arrived; raised in the main thread so that every `finally` (Ray's shutdown among
-    them) runs."""
+    """SIGTERM or SIGINT arrived (the message is its name)."""
 
 
-def _stop(signum: int, frame: Any) -> None:
-    raise Stopped(signal.Signals(signum).name)
+class StopSignals:
+    """SIGTERM and SIGINT, noted while in effect (main thread only) for the run to act on at its next
+    `check()`: an exception raised in the handler itself would surface inside Ray's wait, not as itself."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._note) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+
+    def check(self) -> None:
+        if self.name is not None:
+            raise Stopped(self.name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
-def ray_session(args: argparse.Namespace) -> Iterator[int]:
-    """Ray for the run, yielding its CPU count: the cluster at --address, or a local Ray with --num-cpus,
-    which is shut down on the way out (SIGTERM and SIGINT included). A Ray already up is used and left up."""
+def ray_session(args: argparse.Namespace) -> Iterator[tuple[int, StopSignals]]:
+    """Ray for the run: the cluster at --address, or a local Ray with --num-cpus, which is shut down on the way
+    out, SIGTERM and SIGINT included (Stopped is raised once it is down). A Ray already up is used and left
+    up. Yields its CPU count and the stop signals to check."""
     import ray
 
     started = not ray.is_initialized()
@@ -334,16 +361,13 @@ def ray_session(args: argparse.Namespace) -> Iterator[int]:
             ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
         else:
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():  # after ray.init, which sets a SIGTERM handler
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield max(1, int(ray.cluster_resources().get("CPU", 1)))
+        with StopSignals() as stop:  # after ray.init, which sets a SIGTERM handler of its own
+            yield max(1, int(ray.cluster_resources().get("CPU", 1))), stop
     finally:
         if started:
             ray.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    stop.check()
 
 
 def print_summary(summary: Summary, skipped: list[dict], out: Path) -> None:
@@ -379,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     parser.add_argument("--window-s", type=float, default=2.0, help="seconds of audio per clip")
     parser.add_argument("--clips-per-video", type=int, default=4, help="at most this many clips per video")
-    parser.add_argument("--crop", type=parse_crop, default="200x190", help="centre crop WxH in a 320x240 frame (scaled for others)")
+    parser.add_argument("--crop", type=parse_crop, default="200x190",
+                        help="centre crop WxH in a 320x240 frame (scaled for others)")
     parser.add_argument("--size", type=int, default=64, help="side of the stored crop (frame64)")
     parser.add_argument("--shard-clips", type=int, default=1024, help="at most this many clips per shard")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="ffmpeg time limit per video")

@@ -147,15 +147,8 @@ def test_bad_inputs_are_skipped_and_reported(good, ray_session, tmp_path, fake_v
 
 
 def test_kill_midway_then_rerun_equals_clean_run(good, ray_session, tmp_path):
-    root, train, test = good
-    videos = tmp_path / "videos"
-    shutil.copytree(root / "videos", videos)
-    names = list(train)
-    for cls in CLASSES:  # enough videos that a kill lands midway
-        for g in range(10, 34):
-            shutil.copy(videos / cls / f"v_{cls}_g01_c01.avi", videos / cls / f"v_{cls}_g{g:02d}_c01.avi")
-            names.append(f"{cls}/v_{cls}_g{g:02d}_c01.avi")
-    lists = write_lists(tmp_path, names, test)
+    _, _, test = good
+    videos, lists, names = many_videos(good, tmp_path)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "hpc.preprocess", "--videos", str(videos), "--splits", str(lists), "--out", str(killed), *COMMON]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -184,6 +177,76 @@ def test_kill_midway_then_rerun_equals_clean_run(good, ray_session, tmp_path):
     assert resumed.keys() == clean.keys()
     for name in clean:
         assert np.array_equal(resumed[name], clean[name]), name
+
+
+def many_videos(good, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """The good videos plus 48 copies: enough that a kill lands midway."""
+    root, train, test = good
+    videos = tmp_path / "videos"
+    shutil.copytree(root / "videos", videos)
+    names = list(train)
+    for cls in CLASSES:
+        for g in range(10, 34):
+            shutil.copy(videos / cls / f"v_{cls}_g01_c01.avi", videos / cls / f"v_{cls}_g{g:02d}_c01.avi")
+            names.append(f"{cls}/v_{cls}_g{g:02d}_c01.avi")
+    return videos, write_lists(tmp_path, names, test), names
+
+
+def alive_descendants(pid: int) -> set[int]:
+    """The processes below `pid` that have not exited (zombies count as gone), from /proc."""
+    children: dict[int, list[int]] = {}
+    state: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state[int(stat.parent.name)] = fields[0]
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return {p for p in found if state.get(p) != "Z"}
+
+
+def still_running(pids: set[int]) -> set[int]:
+    running = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                running.add(pid)
+        except OSError:
+            pass
+    return running
+
+
+def test_sigterm_stops_the_run_and_the_ray_it_started(good, tmp_path):
+    videos, lists, _ = many_videos(good, tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "hpc.preprocess", "--videos", str(videos), "--splits", str(lists), "--out", str(out),
+           *COMMON]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "shards").glob("clips-*.h5")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ray_processes = alive_descendants(proc.pid)
+        assert ray_processes, "no Ray processes below the driver"
+        proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` or Slurm's first signal
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert err.strip().splitlines()[-1].startswith("hpc.preprocess: stopped by SIGTERM")
+        deadline = time.monotonic() + 15
+        while still_running(ray_processes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not still_running(ray_processes)
+    finally:
+        kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / ".lock").exists() and not list(out.rglob(".*.tmp"))
 
 
 def free_port() -> int:

@@ -108,7 +108,8 @@ def source_problems(index: str | os.PathLike, mode: str | None = None, need_mani
     if not sources:
         return []
     manifest = index.parent / MANIFEST
-    missing = [f"{index.parent / s}: missing (a source of {index})" for s in sources if not (index.parent / s).is_file()]
+    missing = [f"{index.parent / s}: missing (a source of {index})" for s in sources
+               if not (index.parent / s).is_file()]
     if not manifest.is_file():
         no_manifest = f"{index}: no {MANIFEST} beside it to check its shards against (rerun the stage that wrote it)"
         return missing + ([no_manifest] if need_manifest else [])
