@@ -108,25 +108,25 @@ def source_problems(index: str | os.PathLike, mode: str | None = None, need_mani
     if not sources:
         return []
     manifest = index.parent / MANIFEST
-    missing = [f"{index.parent / s}: missing (a source of {index})" for s in sources
-               if not (index.parent / s).is_file()]
-    if not manifest.is_file():
-        no_manifest = f"{index}: no {MANIFEST} beside it to check its shards against (rerun the stage that wrote it)"
-        return missing + ([no_manifest] if need_manifest else [])
-    try:
-        entries = read_manifest(manifest)
-    except InputError as e:
-        return missing + [str(e)]
-    problems = list(missing)
+    problems: list[str] = []
+    entries = None
+    if manifest.is_file():
+        try:
+            entries = read_manifest(manifest)
+        except InputError as e:
+            problems.append(str(e))
+    elif need_manifest:
+        problems.append(f"{index}: no {MANIFEST} beside it to check its shards against (rerun the stage that wrote it)")
     for source in sources:
         path = index.parent / source
-        entry = entries.get(os.path.normpath(source))
         if not path.is_file():
-            continue
-        if entry is None:
-            problems.append(f"{path}: a source of {index} that {manifest} does not list")
-        elif (problem := entry_problem(path, entry, full, manifest)) is not None:
-            problems.append(problem)
+            problems.append(f"{path}: missing (a source of {index})")
+        elif entries is not None:
+            entry = entries.get(os.path.normpath(source))
+            if entry is None:
+                problems.append(f"{path}: a source of {index} that {manifest} does not list")
+            elif (problem := entry_problem(path, entry, full, manifest)) is not None:
+                problems.append(problem)
     return problems
 
 
