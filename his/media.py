@@ -167,6 +167,12 @@ def riff_missing_bytes(path: Path) -> int:
     return int.from_bytes(head[4:8], "little") + 8 - path.stat().st_size
 
 
+def refuse_silence(audio: np.ndarray, path: str | os.PathLike, what: str = "audio track") -> None:
+    """MediaError naming `path` when int16 `audio` is empty or silent (its peak below SILENCE_PEAK)."""
+    if len(audio) == 0 or np.abs(audio.astype(np.int32)).max() < SILENCE_PEAK:
+        raise MediaError(f"{path}: silent {what}")
+
+
 @dataclass
 class VideoClips:
     """The clips of one video: row i is window i. Times are seconds from the start of the file."""
@@ -298,8 +304,7 @@ def decode_clips(
     decoded = len(audio) / SAMPLE_RATE
     if decoded < 0.9 * info.duration - 0.1:
         raise MediaError(f"{path}: truncated: decoded {decoded:.2f} s of {info.duration:.2f} s")
-    if len(audio) == 0 or np.abs(audio.astype(np.int32)).max() < SILENCE_PEAK:
-        raise MediaError(f"{path}: silent audio track")
+    refuse_silence(audio, path)
     keep = first + samples <= len(audio)  # the header's duration may promise a little more audio than there is
     if not keep.any():
         raise MediaError(f"{path}: too short: {decoded:.2f} s of audio < one {window_s:g} s window")

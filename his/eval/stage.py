@@ -2,13 +2,15 @@
 
     python -m his.eval [CONFIG.toml] run=RUN_DIR [key=value ...]      (or a bare RUN_DIR for run=RUN_DIR)
 
-reads RUN_DIR/config.toml (the run's resolved TrainConfig) and its newest checkpoint (or `checkpoint=`), loads
+evaluates the run's checkpoint chosen on validation (checkpoints/best.pt), else its newest (or `checkpoint=`),
+with the config it was trained with (the checkpoint's own; RUN_DIR/config.toml for one that carries none): loads
 the run's clip set and SoundNet features, draws K samples per held-out test sound (and K from the sound of a test
 clip of another class: the shuffled-sound control) and writes RUN_DIR/eval/ (results.json, results.md,
-figure7.png, figure8.png); the overall numbers and the figures also go to the run's TensorBoard log (RUN_DIR/tb)
-at the checkpoint's step. The evaluation networks are cached beside the clip set
-(CLIPS/eval-cache/), keyed by its data. Attribute following uses the generated data set's attributes.json
-when one is found above the source videos (or `attributes=`).
+figure7.png, figure8.png, and report.html: each test sound to play beside the images drawn from it, opened from
+disk). The overall numbers and the figures also go to the run's TensorBoard log (RUN_DIR/tb) at the
+checkpoint's step, with the run's HParams session (its config; the eval/ numbers as metrics). The evaluation
+networks are cached beside the clip set (CLIPS/eval-cache/), keyed by its data. Attribute following uses the
+generated data set's attributes.json when one is found above the source videos (or `attributes=`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from his.config import ConfigError, load_config, stage_main
+from his.config import ConfigError, config_to_dict, load_config, stage_main
 from his.data.dataset import load_features, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.classifier import NetTraining
@@ -84,7 +88,7 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
         # video_id and source are in the contract; hand-made clip sets may lack them (no attributes, then)
         optional = [name for name in ("video_id", "source") if name in f]
     fields = [train_cfg.frames, "label", *optional]
-    train, test = load_split(index, "train", fields), load_split(index, "test", fields)
+    train, test = load_split(index, "train", fields), load_split(index, "test", [*fields, "audio"])
     if len(test["label"]) == 0:
         raise ConfigError(f"config: the clip set {index} has no test clips to evaluate on")
     data = EvalData(
@@ -95,6 +99,7 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
         test_labels=test["label"].astype(np.int64),
         test_features=load_features(train_cfg.features, "test"),
         test_video_ids=test.get("video_id"),
+        test_audio=test["audio"],
     )
     attributes = _find_attributes(cfg, index, train.get("source", np.array([])))
     if attributes is None:
@@ -108,24 +113,61 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
     return data
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A his.train checkpoint file's contents; ConfigError (one line naming it) for a missing, truncated or
+    foreign file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such checkpoint file")
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:  # torch.load fails in many ways on a file that is not a whole checkpoint
+        raise ConfigError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:120]})") from None
+    if not isinstance(state, dict) or "generator" not in state:
+        raise ConfigError(f"{path}: not a his.train checkpoint (no generator weights in it)")
+    return state
+
+
+def trained_config(state: dict[str, Any], path: Path, run_dir: Path) -> TrainConfig:
+    """The TrainConfig the checkpoint at `path` was trained with: the one it carries, else RUN_DIR/config.toml."""
+    if state.get("conditional") is False:
+        raise ConfigError(f"{path}: an unconditional (pretrain) checkpoint: it draws no images from a sound")
+    if "config" not in state:
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(f"{path}: carries no config, and {run_dir} has no config.toml")
+        return load_config(TrainConfig, run_dir / "config.toml")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"]))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: its config is not a his.train TrainConfig ({str(e).splitlines()[0]})") from None
+
+
 def load_run_generator(run_dir: Path, checkpoint: str,
                        device: torch.device) -> tuple[TrainConfig, Path, dict[str, Any], torch.nn.Module]:
     """A his.train run's config, checkpoint path and contents, and its generator in eval mode on `device`:
     from the checkpoint file `checkpoint` when given, else the run's best on validation (checkpoints/best.pt,
-    when it validated) or its newest readable checkpoint. The test split never chooses the checkpoint."""
-    if not (run_dir / "config.toml").is_file():
-        raise ConfigError(f"config: run={str(run_dir)!r}: no config.toml there (not a his.train run directory)")
-    train_cfg = load_config(TrainConfig, run_dir / "config.toml")
+    when it validated) or its newest readable checkpoint. The test split never chooses the checkpoint. The
+    generator is built from the checkpoint's own config, so a checkpoint of any width loads; a file it cannot
+    use is a ConfigError, one line."""
     if checkpoint:
-        checkpoint_path, state = Path(checkpoint), load_checkpoint(checkpoint)
+        checkpoint_path = Path(checkpoint)
+        state = read_checkpoint(checkpoint_path)
     else:
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(f"config: run={str(run_dir)!r}: no config.toml there (not a his.train run directory)")
         found = chosen_checkpoint(run_dir)
         if found is None:
             raise ConfigError(f"config: run={str(run_dir)!r}: no readable checkpoint in {run_dir / 'checkpoints'}")
         checkpoint_path, state = found
+    train_cfg = trained_config(state, checkpoint_path, run_dir)
     generator = build_generator(train_cfg.generator, train_cfg.cond_dim, train_cfg.z_dim, train_cfg.ngf,
                                 train_cfg.proj_dim)
-    generator.load_state_dict(sampling_weights(state))
+    try:
+        generator.load_state_dict(sampling_weights(state))
+    except (RuntimeError, KeyError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])[:200]
+        raise ConfigError(f"{checkpoint_path}: its generator weights do not fit the config it was read with "
+                          f"({detail})") from None
     return train_cfg, checkpoint_path, state, generator.to(device).eval()
 
 
@@ -151,20 +193,22 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else run_dir / "eval"
     cache = Path(cfg.cache) if cfg.cache else (clips if clips.is_dir() else clips.parent) / "eval-cache"
     log_dir = Path(cfg.tb) if cfg.tb else run_dir / "tb"
-    results = evaluate(data, samples, out, settings, cache, log_dir, checkpoint["step"], device, shuffled)
+    results = evaluate(data, samples, out, settings, cache, log_dir, checkpoint["step"], device, shuffled,
+                       hparams=config_to_dict(train_cfg))
     return {
         "checkpoint": str(checkpoint_path),
         "step": checkpoint["step"],
         "results": str(out / "results.json"),
         "table": str(out / "results.md"),
         "figures": results["figures"],
+        "report": results["report"],
         **results["overall"],
     }
 
 
 def _show(summary: dict[str, Any]) -> None:
     print(Path(summary["table"]).read_text())
-    print(json.dumps({k: summary[k] for k in ("checkpoint", "results", "figures")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("checkpoint", "results", "figures", "report")}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

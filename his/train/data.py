@@ -15,7 +15,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from his.config import ConfigError
-from his.data.dataset import load_features, load_split, open_set, validation_mask
+from his.data.dataset import SPLITS, load_features, load_split, open_set, validation_mask
 from his.constants import IMAGE_SIZE
 from his.frames import scale_to_images
 from his.train.config import PretrainConfig, TrainConfig
@@ -40,6 +40,7 @@ class TrainingData:
     sample_frames: np.ndarray | None = None  # held-out rows shown in the sample grid
     sample_cond: np.ndarray | None = None
     validation: Validation | None = None
+    sample_audio: np.ndarray | None = None  # int16 (S, samples): the sample grid's sounds, when test rows
 
 
 def _h5(path: str, name: str, field_name: str) -> Path:
@@ -90,7 +91,15 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     held_out, held_cond = (test, load_features(features_dir, "test")) if len(test["label"]) else (train, None)
     rows = _one_per_class(held_out["label"].astype(np.int64), cfg.sample_sounds)
     return TrainingData(train[cfg.frames], cond, labels, held_out[cfg.frames][rows],
-                        (cond if held_cond is None else held_cond)[rows], validation)
+                        (cond if held_cond is None else held_cond)[rows], validation,
+                        sample_audio=_test_audio(index, rows) if held_cond is not None else None)
+
+
+def _test_audio(index: Path, rows: np.ndarray) -> np.ndarray:
+    """int16 (len(rows), samples): the audio windows of the test split's `rows`, read row by row."""
+    with open_set(index, "clips") as f:
+        test_rows = np.flatnonzero(f["split"][()] == SPLITS["test"])
+        return np.stack([f["audio"][r] for r in test_rows[rows]])
 
 
 def _one_per_class(labels: np.ndarray, n: int) -> np.ndarray:

@@ -23,7 +23,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from his.augment import augmented
 from his.config import config_to_dict, save_config
+from his.constants import SAMPLE_RATE
 from his.distributed import Distributed, setup_distributed
+from his.eval.evaluate import log_hparams
 from his.frames import centre_crop, to_images
 from his.grid import make_grid, save_grid
 from his.io import write_json
@@ -398,8 +400,9 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
                "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
     if dd.is_main:
         _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
-        hparams = {k: v for k, v in config_to_dict(cfg).items() if isinstance(v, (int, float, str, bool))}
-        writer.add_hparams(hparams, {f"final/{k}": v for k, v in last_terms.items()}, run_name=".")
+        for k, v in last_terms.items():
+            writer.add_scalar(f"final/{k}", v, step)
+        log_hparams(writer, config_to_dict(cfg))  # his.eval fills its eval/ columns
         writer.close()
         write_json(run_dir / "summary.json", summary)
     if world > 1:
@@ -423,7 +426,8 @@ def _log_step(writer: SummaryWriter, step: int, terms: dict[str, torch.Tensor], 
 @torch.no_grad()
 def _log_samples(writer: SummaryWriter, generator: SimpleGenerator, data: TrainingData, noise: torch.Tensor,
                  device: torch.device, run_dir: Path, step: int) -> None:
-    """16 images for each fixed held-out sound beside its real frame (conditional), or 64 (unconditional)."""
+    """16 images for each fixed held-out sound beside its real frame (conditional), or 64 (unconditional); the
+    sounds too (the audio dashboard), one per row of the grid."""
     generator.eval()
     if data.sample_cond is not None:
         n = len(data.sample_cond)
@@ -435,4 +439,7 @@ def _log_samples(writer: SummaryWriter, generator: SimpleGenerator, data: Traini
         images, nrow = generator(noise.to(device)).float().cpu(), 8
     generator.train()
     writer.add_image("samples", make_grid(images, nrow), step)
+    for row, pcm in enumerate(data.sample_audio if data.sample_audio is not None else []):
+        writer.add_audio(f"samples/sound_of_row_{row}", torch.from_numpy(pcm / 32768).float()[None], step,
+                         sample_rate=SAMPLE_RATE)
     save_grid(images, run_dir / "samples" / "latest.png", nrow)
