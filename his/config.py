@@ -195,3 +195,23 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
     text = tomli_w.dumps(config_to_dict(cfg))
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs between two config dicts (config_to_dict), as (old, new). Keys only
+    one side has are left out: a field that is new since (or gone since) says nothing of the run's values."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in [k for k in new if k in old]:  # in field order: a stage's main settings come first
+        a, b = old[key], new[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(config_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes[f"{prefix}{key}"] = (a, b)
+    return changes
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]], limit: int = 3) -> str:
+    """'lr 0.0002 -> 0.0001, seed 0 -> 1 (and 2 more)': the first few changes, for a one-line message."""
+    shown = [f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:limit]]
+    more = f" (and {len(changes) - limit} more)" if len(changes) > limit else ""
+    return ", ".join(shown) + more

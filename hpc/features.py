@@ -17,6 +17,8 @@ from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature
                                 load_feature_model, pending_jobs, plan, summary_if_complete)
 from his.config import stage_main
 from his.distributed import choose_device
+from his.io import write_json
+from hpc.ray_cluster import node_name
 
 
 @dataclasses.dataclass
@@ -36,8 +38,9 @@ class FeatureActor:
         self.model, self.layer = load_feature_model(checkpoint, layer, device)
         self.batch_size = batch_size
 
-    def extract(self, job: ShardJob) -> int:
-        return extract_shard(self.model, self.layer, job, self.batch_size)
+    def extract(self, job: ShardJob) -> tuple[int, str]:
+        """(rows extracted, the Slurm node or host that extracted them)."""
+        return extract_shard(self.model, self.layer, job, self.batch_size), node_name()
 
 
 def run(cfg: PoolFeaturesConfig) -> dict:
@@ -47,18 +50,24 @@ def run(cfg: PoolFeaturesConfig) -> dict:
         if done is not None:
             return done
         pending = pending_jobs(jobs)
+        rows_per_node: dict[str, int] = {}
         if pending:
             if not ray.is_initialized():
                 ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
-            actor = FeatureActor.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+            # SPREAD: over every node of the cluster first, then more per node
+            actor = FeatureActor.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
+                                         scheduling_strategy="SPREAD")
             threads = max(1, int(cfg.cpus_per_actor))
             pool = ActorPool([actor.remote(cfg.checkpoint, cfg.layer, cfg.batch_size, threads)
                               for _ in range(min(cfg.actors, len(pending)))])
-            for _ in tqdm(pool.map_unordered(lambda a, job: a.extract.remote(job), pending), total=len(pending),
-                          desc="soundnet features (ray)"):
-                pass
+            for rows, node in tqdm(pool.map_unordered(lambda a, job: a.extract.remote(job), pending),
+                                   total=len(pending), desc="soundnet features (ray)"):
+                rows_per_node[node] = rows_per_node.get(node, 0) + rows
         summary = finish(cfg, features_dir, checkpoint, sha, jobs, feature_layer(cfg.checkpoint, cfg.layer))
-    return {**summary, "extracted_shards": len(pending), "skipped_shards": len(jobs) - len(pending)}
+        result = {**summary, "extracted_shards": len(pending), "skipped_shards": len(jobs) - len(pending),
+                  "rows_per_node": dict(sorted(rows_per_node.items()))}
+        write_json(features_dir / "report.json", result)  # which node extracted how many clips' features
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,243 +24,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import shutil
 import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import h5py
-import ray
 import submitit
 import tomli_w
 
-import his.audio.finetune
-import his.eval.stage
-import his.train
-import hpc.features
-from his.audio.features import features_dir_for, is_complete
-from his.audio.finetune import FinetuneConfig
 from his.config import ConfigError, config_to_dict, load_config
-from his.data.shards import sha256_file
-from his.eval.stage import EvalConfig
 from his.log import setup_logging
-from his.train import PretrainConfig, TrainConfig, latest_checkpoint
-from hpc.features import PoolFeaturesConfig
-from hpc.slurm import Resources, SlurmError, fit_to_partition, parse_time
-
-
-class LaunchError(RuntimeError):
-    """A request that cannot be submitted; one line, said before anything is submitted."""
-
-
-@dataclass
-class PipelineConfig:
-    clips: str = "demo/clips"  # clip data set (hpc.preprocess output, holds index.h5)
-    images: str = ""  # image set for unconditional pretraining (his.data.images); "" skips pretrain
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    features: PoolFeaturesConfig = field(default_factory=PoolFeaturesConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
-
-
-# The data sets of PipelineConfig (directories holding index.h5), and what to say when one is unset.
-DATA_SETS = {
-    "clips": "clip set (set clips=DIR, made by python -m hpc.preprocess)",
-    "images": "image set (set images=DIR, made by python -m his.data.images)",
-}
-
-
-@dataclass(frozen=True)
-class Input:
-    """A path a stage reads: from a data set (`source` one of DATA_SETS) or from the stage `source`, either
-    its file `output` or, without one, its out dir (then all of that stage's outputs must be there)."""
-
-    field: str  # of the stage's config; "" when the stage finds it on its own (evaluate: clips via the train run)
-    source: str
-    output: str = ""
-    at_start: bool = False  # where it is, is known only once `source` has run: the stage finds it as it starts
-    required: bool = True  # False: taken when there (a warm start), never checked
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One row of the stage table.
-
-    name     also the PipelineConfig field that holds the stage's config
-    run      the stage itself: its config -> a summary dict
-    layout   "ddp": a rank per GPU (per CPU slot) on every node; "node": one task with one node's GPUs;
-             "task": one task with one GPU
-    inputs   the paths it reads
-    out      its config's `out`, under the run dir; "" when it writes elsewhere
-    outputs  files under `out` that say it is done (a summary.json must also say completed)
-    done     the done check instead of `outputs`
-    at_start its config completed with the inputs found as it starts
-    """
-
-    name: str
-    run: Callable[[Any], dict]
-    layout: Literal["ddp", "node", "task"]
-    inputs: tuple[Input, ...]
-    out: str = ""
-    outputs: tuple[str, ...] = ()
-    done: Callable[[PipelineConfig], bool] | None = None
-    at_start: Callable[[PipelineConfig], Any] | None = None
-
-    def config(self, cfg: PipelineConfig) -> Any:
-        return getattr(cfg, self.name)
-
-
-def features_dir(cfg: PipelineConfig) -> Path | None:
-    """Where the features of this run's fine-tuned SoundNet are (None until it exists)."""
-    checkpoint = Path(cfg.features.checkpoint)
-    if not checkpoint.exists():
-        return None
-    return features_dir_for(cfg.clips, sha256_file(checkpoint))
-
-
-def features_done(cfg: PipelineConfig) -> bool:
-    found = features_dir(cfg)
-    if found is None:
-        return False
-    with h5py.File(Path(cfg.clips) / "index.h5", "r") as f:
-        rows = len(f["label"])
-    return is_complete(found, rows)
-
-
-def train_at_start(cfg: PipelineConfig) -> TrainConfig:
-    train = cfg.train
-    if not train.features:
-        found = features_dir(cfg)
-        if found is None:
-            raise LaunchError(f"train: no features yet (expected the checkpoint {cfg.features.checkpoint})")
-        train = dataclasses.replace(train, features=str(found))
-    if not train.init_from and cfg.images:
-        latest = latest_checkpoint(cfg.pretrain.out)
-        if latest is not None:
-            train = dataclasses.replace(train, init_from=str(latest[0]))
-    return train
-
-
-def run_features_in_allocation(cfg: PoolFeaturesConfig) -> dict:
-    """The Ray actor pool on a Ray started inside this job (its CPUs, its GPUs), shut down at the end; or on
-    an existing cluster when `features.address` is set."""
-    if cfg.address:
-        return hpc.features.run(cfg)
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        return hpc.features.run(dataclasses.replace(cfg, actors=max(1, min(cfg.actors, cpus))))
-    finally:
-        ray.shutdown()
-
-
-FINETUNED = "soundnet_finetuned.pt"
-
-# In chain order: every stage comes after the stages it reads from.
-STAGE_TABLE: tuple[Stage, ...] = (
-    Stage("finetune", his.audio.finetune.run, "ddp",
-          inputs=(Input("data", "clips"),),
-          out="soundnet", outputs=("summary.json", FINETUNED)),
-    Stage("features", run_features_in_allocation, "node",  # writes CLIPS/features/<checkpoint sha>
-          inputs=(Input("data", "clips"), Input("checkpoint", "finetune", FINETUNED)),
-          done=features_done),
-    Stage("pretrain", his.train.run, "ddp",
-          inputs=(Input("images", "images"),),
-          out="pretrain", outputs=("summary.json",)),
-    Stage("train", his.train.run, "ddp",
-          inputs=(Input("clips", "clips"), Input("features", "features", at_start=True),
-                  Input("init_from", "pretrain", at_start=True, required=False)),
-          out="train", outputs=("summary.json",), at_start=train_at_start),
-    Stage("evaluate", his.eval.stage.run, "task",
-          inputs=(Input("", "clips"), Input("run", "train")),
-          out="eval", outputs=("results.json",)),
-)
-STAGES = tuple(s.name for s in STAGE_TABLE)
-_ROW = {s.name: s for s in STAGE_TABLE}
-
-
-def wire(cfg: PipelineConfig, run_dir: Path) -> PipelineConfig:
-    """Set every path that joins two stages from the run directory and the data sets."""
-    run_dir = run_dir.resolve()
-    images = str(Path(cfg.images).resolve()) if cfg.images else ""
-    cfg = dataclasses.replace(cfg, clips=str(Path(cfg.clips).resolve()), images=images)
-    stages = {}
-    for row in STAGE_TABLE:
-        paths = {"out": str(run_dir / row.out)} if row.out else {}
-        for i in row.inputs:
-            if i.field and not i.at_start:
-                paths[i.field] = (getattr(cfg, i.source) if i.source in DATA_SETS
-                                  else str(run_dir / _ROW[i.source].out / i.output))
-        stages[row.name] = dataclasses.replace(row.config(cfg), **paths)
-    return dataclasses.replace(cfg, **stages)
-
-
-def resolve_at_start(stage: str, cfg: PipelineConfig) -> Any:
-    """The stage's own config, with what is only known once the stages before it have run."""
-    row = _ROW[stage]
-    return row.at_start(cfg) if row.at_start else row.config(cfg)
-
-
-def _summary_completed(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text()).get("status", "completed") == "completed"
-    except (OSError, ValueError):
-        return False
-
-
-def stage_done(stage: str, cfg: PipelineConfig) -> bool:
-    """Whether the stage's outputs exist and are valid, so a chain can skip it."""
-    row = _ROW[stage]
-    if row.done:
-        return row.done(cfg)
-    out = Path(row.config(cfg).out)
-    return all(_summary_completed(out / name) if name == "summary.json" else (out / name).exists()
-               for name in row.outputs)
-
-
-def _needs(row: Stage, cfg: PipelineConfig) -> Iterator[tuple[str, Path | None]]:
-    """(where it comes from: a data set, a stage, or "" when the user named it; the path that must exist, None
-    for an unset data set) for each input the stage needs before it starts."""
-    stage_cfg = row.config(cfg)
-    for i in row.inputs:
-        if not i.required:
-            continue
-        given = getattr(stage_cfg, i.field) if i.field else ""
-        if i.source in DATA_SETS:
-            data = getattr(cfg, i.source)
-            yield i.source, Path(data) / "index.h5" if data else None
-        elif i.at_start and given:
-            yield "", Path(given)
-        elif i.at_start:
-            yield from _needs(_ROW[i.source], cfg)  # its place follows from those (features: the checkpoint's hash)
-        else:
-            for name in [""] if i.output else _ROW[i.source].outputs:
-                yield i.source, Path(given) / name
-
-
-def full_chain(cfg: PipelineConfig) -> list[str]:
-    """The stages a launch without STAGE runs: all but those that read an unset data set (no images: no pretrain)."""
-    return [s.name for s in STAGE_TABLE if all(getattr(cfg, i.source) for i in s.inputs if i.source in DATA_SETS)]
-
-
-def stage_inputs_missing(stage: str, cfg: PipelineConfig, chain: list[str]) -> str | None:
-    """What the stage needs that neither exists nor is made earlier in this chain, as one line, or None."""
-    before = chain[: chain.index(stage)]
-    for source, path in _needs(_ROW[stage], cfg):
-        if path is None:
-            return f"{stage}: no {DATA_SETS[source]}"
-        if not path.exists() and source not in before:
-            hint = f" (made by stage {source})" if source in _ROW else ""
-            return f"{stage}: missing input {path}{hint}"
-    return None
+from hpc.plan import plan_chain, plan_stage
+from hpc.ray_cluster import node_name, ray_head, ray_worker
+from hpc.slurm import Resources, SlurmError, SlurmUnreachable, fit_to_partition, parse_time
+from hpc.stages import (ROW, STAGE_TABLE, STAGES, LaunchError, PipelineConfig, full_chain, resolve_at_start,
+                        stage_inputs_missing, wire)
 
 
 # ------------------------------------------------------------------------------------------- the job
@@ -280,15 +62,34 @@ class StageJob(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:
             # Each rank picks its GPU from LOCAL_RANK, so every task keeps seeing all of its node's GPUs.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        plan_stage(self.stage, self.cfg)  # the stages before it have run: refuses a change it could not see then
         stage_cfg = resolve_at_start(self.stage, self.cfg)
         if env.global_rank == 0:
             self.log_requeues(stage_cfg, env)
-        result = _ROW[self.stage].run(stage_cfg)
+        if ROW[self.stage].layout == "ray" and not stage_cfg.address:
+            return self.run_on_ray(stage_cfg, env)
+        result = ROW[self.stage].run(stage_cfg)
         if result.get("status") == "interrupted" and env.global_rank == 0:
             # The stage caught the preemption/time-limit signal and checkpointed at a step boundary; now let
             # submitit's own handler call checkpoint() and requeue this job.
             signal.raise_signal(signal.SIGUSR2)
         return result
+
+    def run_on_ray(self, stage_cfg: Any, env: submitit.JobEnvironment) -> dict:
+        """The stage as the driver of a Ray brought up across the job's nodes (task 0); the other tasks are its
+        worker nodes until it is done. Ray is torn down on every node however the job ends."""
+        attempt = os.environ.get("SLURM_RESTART_COUNT", "0")  # a requeued job meets in a folder of its own
+        rendezvous = Path(env.paths.folder) / f"ray-{env.job_id}-{attempt}"
+        rendezvous.mkdir(parents=True, exist_ok=True)
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1))
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        gpus = len(visible.split(",")) if visible else 0
+        if env.global_rank != 0:
+            ray_worker(rendezvous, env.job_id, cpus, gpus)
+            return {"status": "completed", "ray_worker": node_name()}
+        with ray_head(rendezvous, env.job_id, env.num_nodes, cpus, gpus) as address:
+            actors = max(1, int(env.num_nodes * cpus // stage_cfg.cpus_per_actor))  # fill the allocation
+            return ROW[self.stage].run(dataclasses.replace(stage_cfg, address=address, actors=actors))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         self.requeues += 1
@@ -297,7 +98,8 @@ class StageJob(submitit.helpers.Checkpointable):
     def log_requeues(self, stage_cfg: Any, env: submitit.JobEnvironment) -> None:
         out = Path(getattr(stage_cfg, "out", "") or self.cfg.train.out)
         restarts = max(self.requeues, int(os.environ.get("SLURM_RESTART_COUNT", "0")))
-        print(f"hpc.launch: stage {self.stage}, job {env.job_id}, requeues so far: {restarts}", flush=True)
+        print(f"hpc.launch: stage {self.stage}, job {env.job_id}, requeues so far: {restarts}, "
+              f"GPUs {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'}", flush=True)
         if restarts:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -320,13 +122,14 @@ def check_run_dir(run_dir: Path) -> None:
 
 
 def make_executor(folder: Path, cluster: str, stage: str, res: Resources) -> submitit.AutoExecutor:
-    layout = _ROW[stage].layout
+    layout = ROW[stage].layout
     ddp = layout == "ddp"
+    spread = layout in ("ddp", "ray")  # over every node of the request
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
     params: dict[str, Any] = dict(
         name=f"his-{stage}",
         timeout_min=res.time_min,
-        nodes=res.nodes if ddp else 1,
+        nodes=res.nodes if spread else 1,
         tasks_per_node=(res.gpus_per_node or res.tasks_per_node) if ddp else 1,
         cpus_per_task=res.cpus_per_task,
         stderr_to_stdout=True,
@@ -446,7 +249,14 @@ def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
     res = Resources(args.partition, args.nodes, args.gpus_per_node or 0, args.tasks_per_node, args.cpus_per_task,
                     args.mem, parse_time(args.time), args.account, args.qos, args.constraint)
     if cluster == "slurm" and shutil.which("sinfo"):
-        res = fit_to_partition(res, args.gpus_per_node)
+        try:
+            res = fit_to_partition(res, args.gpus_per_node)
+        except SlurmUnreachable as e:
+            if not args.dry_run:
+                raise
+            print(f"hpc.launch: dry run: partition {res.partition or '(default)'} not checked: {e}")
+    elif cluster == "slurm":
+        print(f"hpc.launch: dry run: partition {res.partition or '(default)'} not checked: no sinfo on PATH")
     elif cluster == "local":  # the local executor runs every task on this machine
         gpus = res.gpus_per_node
         if args.gpus_per_node is None:
@@ -456,15 +266,19 @@ def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
         res = dataclasses.replace(res, nodes=1, gpus_per_node=gpus)
 
     chain = [args.stage] if args.stage else full_chain(cfg)
-    if args.sweep and (args.stage is None or not _ROW[args.stage].out):  # each point gets its own out dir
+    if args.sweep and (args.stage is None or not ROW[args.stage].out):  # each point gets its own out dir
         raise LaunchError(f"--sweep needs one of the stages {', '.join(s.name for s in STAGE_TABLE if s.out)}")
     for stage in chain:
         missing = stage_inputs_missing(stage, cfg, chain)
         if missing:
             raise LaunchError(missing)
-    todo = chain if args.stage else [s for s in chain if not stage_done(s, cfg)]
-    for skipped in [s for s in chain if s not in todo]:
-        print(f"hpc.launch: {skipped}: outputs exist and are valid, skipped")
+    if args.sweep:  # every point writes a fresh out dir of its own
+        todo = chain
+    else:
+        plans = plan_chain(cfg, chain)
+        for plan in plans:
+            print(f"hpc.launch: {plan.line()}")
+        todo = [p.stage for p in plans if p.action != "skip"]
     if not args.dry_run:
         check_run_dir(run_dir)
     folder = run_dir / "submitit" / time.strftime("%Y%m%d-%H%M%S")  # fresh per launch: job ids may repeat

@@ -51,7 +51,8 @@ def tiny_pipeline_data(tmp_path_factory):
              duration_range=(4.0, 5.0), progress=False)
     run = lambda *args: subprocess.run([sys.executable, "-m", *args], check=True, capture_output=True, timeout=300)
     run("hpc.preprocess", "--videos", str(root / "data" / "UCF-101"), "--splits", str(root / "data" / "ucfTrainTestlist"),
-        "--classes", ",".join(classes), "--out", str(root / "clips"), "--num-cpus", "2")
+        "--classes", ",".join(classes), "--out", str(root / "clips"), "--num-cpus", "2",
+        "--shard-clips", "8")  # a few shards: work to spread over nodes
     run("his.data.images", "--src", str(root / "data" / "PPMI"), "--out", str(root / "images"))
     run("hpc.features", f"data={root / 'clips'}", "actors=1", "figure=false")
     features = next((root / "clips" / "features").iterdir())

@@ -1,6 +1,7 @@
 """hpc.launch: its pure functions, then against the real one-host Slurm (slurm/up) and submitit's local executor."""
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -13,11 +14,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from his.audio.features import features_dir_for
-from his.config import load_config
+from his.config import ConfigError, load_config, save_config
 from his.data.shards import sha256_file
 from his.train import TrainConfig, run
-from hpc.launch import (DATA_SETS, STAGE_TABLE, STAGES, LaunchError, PipelineConfig, full_chain, launch, parse_args,
-                        stage_done, stage_inputs_missing, sweep_overrides, wait_for, wire)
+from hpc.launch import launch, parse_args, sweep_overrides, wait_for
+from hpc.plan import StagePlan, plan_chain, plan_stage
+from hpc.stages import (DATA_SETS, STAGE_TABLE, STAGES, LaunchError, PipelineConfig, features_dir, full_chain,
+                        resolve_at_start, stage_done, stage_inputs_missing, wire)
 from hpc.slurm import SlurmError, parse_time
 
 TINY_TRAIN = ["train.ngf=8", "train.ndf=8", "train.batch_size=8", "train.log_every=1", "train.sample_every=1000",
@@ -79,6 +82,12 @@ def write(path: Path, text: str = "") -> None:
     path.write_text(text)
 
 
+def fake_finetuned(path: Path, layer: str = "conv7") -> None:
+    """A file where the fine-tuned SoundNet goes, with what the features stage reads of it before extracting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"layer": layer}, path)
+
+
 def test_wire_joins_each_stage_to_what_it_reads(tmp_path):
     cfg = wired(tmp_path, images="images")
     run_dir = tmp_path / "run"
@@ -100,7 +109,7 @@ def test_stage_done_wants_complete_valid_outputs(tmp_path):
         assert stage_done("train", cfg) is done, text
     write(Path(cfg.finetune.out) / "summary.json", '{"status": "completed"}')
     assert not stage_done("finetune", cfg)  # no checkpoint beside it
-    write(Path(cfg.features.checkpoint), "weights")
+    fake_finetuned(Path(cfg.features.checkpoint))
     assert stage_done("finetune", cfg)
     write(Path(cfg.evaluate.out) / "results.json", "{}")
     assert stage_done("evaluate", cfg)
@@ -108,7 +117,7 @@ def test_stage_done_wants_complete_valid_outputs(tmp_path):
 
 def test_features_are_done_once_every_clip_has_its_row(datasets, tmp_path):
     cfg = wired(tmp_path)
-    write(Path(cfg.features.checkpoint), "weights")
+    fake_finetuned(Path(cfg.features.checkpoint))
     sha = sha256_file(Path(cfg.features.checkpoint))
     datasets.clips(cfg.clips, ["A", "B"], label=[0, 1, 0], split=[0, 0, 1], window_s=0.1)
     assert datasets.features(cfg.clips, dim=2, sha256=sha) == features_dir_for(cfg.clips, sha)
@@ -154,6 +163,81 @@ def test_the_stage_table_has_one_row_per_stage_in_dependency_order():
             assert i.source in DATA_SETS or i.source in STAGES[:position], f"{row.name} reads {i.source} before it runs"
 
 
+def finished_stage(cfg: PipelineConfig, stage: str, outputs: tuple[str, ...] = ("summary.json",)) -> Path:
+    """The stage's outputs as if it had completed with the config it has in `cfg` (its config.toml saved)."""
+    row = next(r for r in STAGE_TABLE if r.name == stage)
+    out = Path(row.config(cfg).out)
+    for name in outputs:
+        write(out / name, '{"status": "completed"}')
+    save_config(resolve_at_start(stage, cfg, resolved=True), out / "config.toml")
+    return out
+
+
+def test_a_stage_is_skipped_only_when_the_same_config_made_its_outputs(tmp_path):
+    cfg = wired(tmp_path)
+    fake_finetuned(Path(cfg.features.checkpoint))
+    assert plan_stage("train", cfg) == StagePlan("train", "run", "no outputs yet")
+    finished_stage(cfg, "train")
+    assert plan_stage("train", cfg) == StagePlan("train", "skip", "outputs complete")
+
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=50))
+    assert plan_stage("train", longer) == StagePlan("train", "resume", "max_steps 0 -> 50")
+    wider = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ngf=32, objective="gan-cls"))
+    with pytest.raises(LaunchError, match=r"^train: .*/train was made with another config \(objective 'hinge' -> "
+                                          r"'gan-cls', .* \(and \d+ more\)\); set it back, use another --run-dir"):
+        plan_stage("train", wider)
+    (Path(cfg.train.out) / "summary.json").unlink()  # nothing kept that the change would mix with: runs afresh
+    assert plan_stage("train", wider).action == "run"
+
+    # evaluation is cheap to redo and nothing builds on it: a changed config reruns it
+    out = finished_stage(cfg, "evaluate", ("results.json",))
+    assert plan_stage("evaluate", cfg).action == "skip"
+    more = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, k=cfg.evaluate.k + 1))
+    assert plan_stage("evaluate", more) == StagePlan("evaluate", "run", f"config changed (k {cfg.evaluate.k} -> "
+                                                                        f"{cfg.evaluate.k + 1})")
+    (out / "config.toml").write_text("not = [toml")
+    assert "config.toml 'unreadable" in plan_stage("evaluate", cfg).why
+
+
+def test_downstream_stages_run_after_one_that_runs(datasets, tmp_path):
+    cfg = wired(tmp_path)
+    datasets.clips(cfg.clips, ["A", "B"], label=[0, 1, 0], split=[0, 0, 1], window_s=0.1)
+    fake_finetuned(Path(cfg.features.checkpoint))
+    finished_stage(cfg, "finetune", ("summary.json",))
+    finished_stage(cfg, "train")
+    finished_stage(cfg, "evaluate", ("results.json",))
+    plans = plan_chain(cfg, ["finetune", "features", "train", "evaluate"])
+    assert [(p.action, p.why) for p in plans] == [
+        ("skip", "outputs complete"), ("run", f"no features of this checkpoint and layer yet ({features_dir(cfg)})"),
+        ("resume", "after features"), ("run", "after train")]
+    with pytest.raises(LaunchError, match="finetune: .* was made with another config \\(lr 0.001 -> 0.01\\)"):
+        plan_stage("finetune", dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, lr=0.01)))
+
+
+def test_features_of_another_layer_go_to_a_directory_of_their_own(tmp_path):
+    cfg = wired(tmp_path)
+    fake_finetuned(Path(cfg.features.checkpoint), layer="conv7")
+    own = features_dir(cfg)
+    sha = sha256_file(Path(cfg.features.checkpoint))
+    assert own == features_dir_for(cfg.clips, sha)
+    for layer in ("", "conv7"):
+        same = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, layer=layer))
+        assert features_dir(same) == own
+    conv5 = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, layer="conv5"))
+    assert features_dir(conv5) == own.with_name(f"{sha[:12]}-conv5")
+
+
+def test_the_trainer_refuses_to_resume_a_checkpoint_of_another_config(tiny_pipeline_data, tmp_path):
+    cfg = TrainConfig(clips=str(tiny_pipeline_data["clips"]), features=str(tiny_pipeline_data["features"]),
+                      out=str(tmp_path / "train"), ngf=8, ndf=8, batch_size=8, log_every=1, sample_every=1000,
+                      hist_every=100000, ckpt_every=1000, max_steps=2)
+    run(cfg)
+    for changed, said in [(dict(ngf=16), "ngf 8 -> 16"), (dict(seed=1), "seed 0 -> 1")]:
+        with pytest.raises(ConfigError, match=f"was trained with another config \\({said}\\)"):
+            run(dataclasses.replace(cfg, **changed))
+    assert run(dataclasses.replace(cfg, max_steps=3, log_every=2))["step"] == 3  # longer, logged otherwise: resumes
+
+
 # ------------------------------------------------------------------------------------ the launcher
 
 
@@ -176,6 +260,37 @@ def test_runs_locally_when_there_is_no_sbatch(tiny_pipeline_data, tmp_path):
     assert (tmp_path / "run" / "train" / "summary.json").exists()
 
 
+def test_relaunching_with_a_changed_config_resumes_refuses_or_skips(tiny_pipeline_data, tmp_path):
+    launch_train = lambda *extra: hpc_launch("train", "--local", "--run-dir", str(tmp_path),
+                                             *data_args(tiny_pipeline_data), *TINY_TRAIN, *extra)
+    summary = lambda: json.loads((tmp_path / "train" / "summary.json").read_text())
+    out = launch_train("train.max_steps=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "hpc.launch: train: run: no outputs yet" in out.stdout and summary()["step"] == 2
+    out = launch_train("train.max_steps=2")
+    assert "train: skip (same config): outputs complete" in out.stdout and "nothing to do" in out.stdout
+    out = launch_train("train.max_steps=3")
+    assert out.returncode == 0 and "train: resume: max_steps 2 -> 3" in out.stdout and summary()["step"] == 3
+    before = sorted(p.name for p in (tmp_path / "train" / "checkpoints").iterdir())
+    out = launch_train("train.max_steps=3", "train.objective=gan-cls")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "was made with another config (objective 'hinge' -> 'gan-cls'" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "train" / "checkpoints").iterdir()) == before and summary()["step"] == 3
+
+
+def test_dry_run_without_a_reachable_cluster_prints_the_scripts_and_says_so(tiny_pipeline_data, tmp_path):
+    conf = tmp_path / "slurm.conf"  # a controller on a port nothing listens on
+    conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=9\n")
+    out = hpc_launch("train", "--dry-run", "--partition", "gpu", "--nodes", "2", "--gpus-per-node", "4",
+                     "--run-dir", str(tmp_path / "run"), *data_args(tiny_pipeline_data),
+                     env={**os.environ, "SLURM_CONF": str(conf)})
+    assert out.returncode == 0, out.stderr
+    said = [line for line in out.stdout.splitlines() if "not checked" in line]
+    assert len(said) == 1 and said[0].startswith("hpc.launch: dry run: partition gpu not checked: sinfo failed: ")
+    assert "#SBATCH --gpus-per-node=4" in out.stdout and "#SBATCH --nodes=2" in out.stdout
+    assert "Traceback" not in out.stderr and not (tmp_path / "run" / "submitit").exists()
+
+
 @pytest.mark.slurm
 def test_bad_partition_and_too_many_nodes_submit_nothing(tiny_pipeline_data, tmp_path):
     before = squeue_count()
@@ -184,16 +299,21 @@ def test_bad_partition_and_too_many_nodes_submit_nothing(tiny_pipeline_data, tmp
     out = hpc_launch("train", "--partition", "gpu", "--nodes", "3", "--run-dir", str(tmp_path),
                      *data_args(tiny_pipeline_data))
     assert out.returncode == 2 and "has only 2 node(s)" in out.stderr
+    out = hpc_launch("train", "--partition", "gpu", "--cpus-per-task", "2", "--run-dir", str(tmp_path),
+                     *data_args(tiny_pipeline_data))  # one rank per GPU: 2 x 2 CPUs on a 2-CPU node
+    assert out.returncode == 2 and out.stderr == "hpc.launch: 2 task(s) per node x --cpus-per-task 2 = 4 CPUs: " \
+                                                 "partition 'gpu' nodes have 2\n"
     assert squeue_count() == before and not (tmp_path / "submitit").exists()
 
 
 @pytest.mark.slurm
 def test_dry_run_prints_a_script_sbatch_accepts(tiny_pipeline_data, tmp_path):
-    out = hpc_launch("train", "--dry-run", "--partition", "gpu", "--nodes", "2", "--time", "00:30:00",
-                     "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data))
+    out = hpc_launch("train", "--dry-run", "--partition", "gpu", "--nodes", "2", "--cpus-per-task", "1",
+                     "--time", "00:30:00", "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data))
     assert out.returncode == 0, out.stderr
     script = out.stdout.split("# ---- stage train: sbatch script\n")[1].split("# ---- resolved config")[0]
     assert "#SBATCH --nodes=2" in script and "#SBATCH --partition=gpu" in script
+    assert "#SBATCH --gpus-per-node=2" in script and "#SBATCH --ntasks-per-node=2" in script  # the nodes' GRES
     assert "[train]" in out.stdout  # the resolved config follows
     path = tmp_path / "train.sbatch"
     path.write_text(script)
@@ -203,19 +323,24 @@ def test_dry_run_prints_a_script_sbatch_accepts(tiny_pipeline_data, tmp_path):
 
 
 @pytest.mark.slurm
-def test_two_node_ddp_train_ranks_agree_and_rank0_logs_once(tiny_pipeline_data, tmp_path):
+def test_two_gpu_nodes_two_tasks_each_ranks_agree_and_rank0_logs_once(tiny_pipeline_data, tmp_path):
+    """The gpu partition's nodes have 2 GPUs each as GRES: without --gpus-per-node the launcher asks for both,
+    one task per GPU, and Slurm hands each task CUDA_VISIBLE_DEVICES; torch finds no CUDA and uses gloo."""
     args = parse_args(["train", "--partition", "gpu", "--nodes", "2", "--cpus-per-task", "1", "--time", "00:20:00",
-                       "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data), *TINY_TRAIN, "train.max_steps=4"])
+                       "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data), *TINY_TRAIN, "train.max_steps=4",
+                       "train.global_batch_size=8"])
     jobs, _ = launch(args)
     (results,) = wait_for(jobs, timeout_s=300)
-    assert len(results) == 2 and all(r["status"] == "completed" for r in results)
-    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    assert len(results) == 4 and all(r["status"] == "completed" for r in results)
+    assert len({r["weights_sha256"] for r in results}) == 1
     events = EventAccumulator(str(tmp_path / "train" / "tb"))
     events.Reload()
     steps = [e.step for e in events.Scalars("loss/critic_loss")]
     assert steps == sorted(set(steps)) and len(steps) == 4  # written by one rank only
     log = next(Path(jobs[0].paths.folder).glob("*_0_log.out")).read_text()
-    assert "2 rank(s)" in log
+    assert "4 rank(s), global batch 8 (2 per rank)" in log and "GPUs 0,1" in log
+    script = Path(jobs[0].paths.submission_file).read_text()
+    assert "#SBATCH --gpus-per-node=2" in script and "#SBATCH --ntasks-per-node=2" in script
 
 
 @pytest.mark.slurm
@@ -268,4 +393,4 @@ def test_chain_runs_in_dependency_order_and_a_second_launch_skips_it(tiny_pipeli
     assert "pretrain" in warm  # train started from the pretrained unconditional WGAN
     out = hpc_launch(*common)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("outputs exist and are valid, skipped") == 5 and "nothing to do" in out.stdout
+    assert out.stdout.count("skip (same config)") == 5 and "nothing to do" in out.stdout

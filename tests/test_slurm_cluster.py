@@ -94,7 +94,7 @@ def allreduce_rank_plus_one():
 
 
 def test_two_node_gloo_all_reduce(tmp_path):
-    executor = slurm_executor(tmp_path / "submitit", slurm_partition="gpu", nodes=2, tasks_per_node=1)
+    executor = slurm_executor(tmp_path / "submitit", slurm_partition="cpu", nodes=2, tasks_per_node=1)
     t0 = time.monotonic()
     job = executor.submit(allreduce_rank_plus_one)
     results = finished(job, 60)

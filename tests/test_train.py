@@ -176,7 +176,9 @@ def test_config_errors_name_the_field_before_training(clips, tmp_path):
         run(tiny(tmp_path / "missing", tmp_path / "d"))
     with pytest.raises(ConfigError, match=r"features=.*: no index\.h5 there"):
         run(tiny(clips, tmp_path / "e", features=str(clips / "features")))
-    assert not any((tmp_path / x).exists() for x in "abcde")
+    with pytest.raises(ConfigError, match="lr_scaling='cubic' must be none | linear | sqrt"):
+        run(tiny(clips, tmp_path / "f", lr_scaling="cubic"))
+    assert not any((tmp_path / x).exists() for x in "abcdef")
 
 
 def test_cli_takes_a_config_file_then_overrides_and_says_its_status_on_stdout(clips, tmp_path, capsys):
@@ -283,6 +285,10 @@ def _ddp_worker(rank: int, world: int, port: int, clips: str, out: str) -> None:
     cfg = tiny(Path(clips), Path(out) / "run", objective="wgan-gp", max_steps=3, batch_size=4)
     summary = run(cfg)
     (Path(out) / f"digest{rank}").write_text(summary["weights_sha256"])
+    # one epoch of the hinge objective (spectral norm, no buffer broadcasts): a global batch, then a per-rank one
+    for name, batch in (("global", dict(global_batch_size=8)), ("per_rank", dict(batch_size=8))):
+        summary = run(tiny(Path(clips), Path(out) / name, objective="hinge", max_steps=0, epochs=1, **batch))
+        (Path(out) / f"{name}{rank}").write_text(f"{summary['step']} {summary['global_batch']} {summary['weights_sha256']}")
     dist.destroy_process_group()
 
 
@@ -296,6 +302,12 @@ def test_ddp_two_ranks_match_one_process(clips, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(clips), str(tmp_path)), nprocs=2, join=True)
     # identical weights on both ranks after training
     assert (tmp_path / "digest0").read_text() == (tmp_path / "digest1").read_text()
+    # a global batch makes as many updates per epoch on 2 ranks as on one; a per-rank batch makes half
+    one = run(tiny(clips, tmp_path / "one", objective="hinge", max_steps=0, epochs=1, batch_size=8))
+    for name, steps, global_batch in (("global", one["step"], 8), ("per_rank", one["step"] // 2, 16)):
+        ranks = [(tmp_path / f"{name}{r}").read_text().split() for r in (0, 1)]
+        assert ranks[0] == ranks[1], name  # same steps and identical weights on both ranks
+        assert (int(ranks[0][0]), int(ranks[0][1])) == (steps, global_batch), name
     # gradients of the penalised critic loss over 2 ranks x B == one process with 2B
     from his.losses import critic_loss
     from his.models import Critic
@@ -329,6 +341,9 @@ def test_lr_halves_every_n_epochs_and_stays_constant_with_zero():
     cfg = resolve(TrainConfig(lr=1e-3, lr_halve_every=100))
     assert [learning_rate(cfg, e) for e in (0, 99, 100, 199, 250)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
     assert learning_rate(resolve(TrainConfig(lr=1e-3, lr_halve_every=0)), 10_000) == 1e-3
+    for scaling, factor in (("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)):  # global batch 256 = 4 x lr_base_batch
+        cfg = resolve(TrainConfig(lr=1e-3, lr_halve_every=100, lr_scaling=scaling, lr_base_batch=64))
+        assert learning_rate(cfg, 100, global_batch=256) == pytest.approx(5e-4 * factor)
 
 
 def test_wrong_sounds_are_uniform_over_the_other_classes():

@@ -6,7 +6,8 @@ Layout (docs/contracts.md, kind "features" of datasets.h5.spec):
     CLIPS_OUT/features/<sha12>/index.h5                virtual `feature` over the shards, plus `mean`, `std`
     CLIPS_OUT/features/<sha12>/pca.png, tb/            Figure 1 and the TensorBoard projector
 <sha12> is the first 12 hex digits of the sha256 of the checkpoint that made them (of the converted
-pretrained weights when no checkpoint is given), so a new checkpoint never mixes with old features. Raw
+pretrained weights when no checkpoint is given), so a new checkpoint never mixes with old features; features
+of another layer than the checkpoint's own go to <sha12>-<layer>/. Raw
 features that exist are not extracted again; when nothing is new and the index is complete, a run does nothing.
 
 This module extracts in one process; hpc.features spreads the same per-shard work over a Ray actor pool.
@@ -123,8 +124,16 @@ def feature_layer(checkpoint: str, layer: str) -> str:
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["layer"]
 
 
-def features_dir_for(data: str, checkpoint_sha256: str) -> Path:
-    return Path(data) / "features" / checkpoint_sha256[:12]
+def features_dir_for(data: str, checkpoint_sha256: str, other_layer: str = "") -> Path:
+    """CLIPS/features/<sha12>/ for the checkpoint's own layer, <sha12>-<layer>/ for `other_layer`."""
+    return Path(data) / "features" / (checkpoint_sha256[:12] + (f"-{other_layer}" if other_layer else ""))
+
+
+def locate_features(cfg: FeaturesConfig) -> tuple[Path, str, str]:
+    """(the features directory of cfg's checkpoint and layer, the checkpoint path, its sha256)."""
+    checkpoint, sha = checkpoint_identity(cfg.checkpoint)
+    own_layer = feature_layer(cfg.checkpoint, "")
+    return features_dir_for(cfg.data, sha, cfg.layer if cfg.layer not in ("", own_layer) else ""), checkpoint, sha
 
 
 def clip_shards(index_path: Path) -> list[tuple[Path, int]]:
@@ -140,8 +149,7 @@ def clip_shards(index_path: Path) -> list[tuple[Path, int]]:
 
 def plan(cfg: FeaturesConfig) -> tuple[Path, str, str, list[ShardJob]]:
     """(features directory, checkpoint path, sha256, one job per clip shard)."""
-    checkpoint, sha = checkpoint_identity(cfg.checkpoint)
-    out = features_dir_for(cfg.data, sha)
+    out, checkpoint, sha = locate_features(cfg)
     jobs = [ShardJob(str(shard), str(out / "raw" / (shard.stem + ".npy")), rows)
             for shard, rows in clip_shards(Path(cfg.data) / "index.h5")]
     return out, checkpoint, sha, jobs

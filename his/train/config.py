@@ -25,6 +25,10 @@ OBJECTIVE_DEFAULTS = {
 }
 
 
+# How lr follows the global batch: lr x (global batch / lr_base_batch) ** power.
+LR_SCALING = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
+
+
 @dataclass
 class GANConfig:
     """Fields shared by both stages. None means 'the objective's default' (OBJECTIVE_DEFAULTS)."""
@@ -41,7 +45,10 @@ class GANConfig:
     ndf: int = 64
     z_dim: int = 100
     proj_dim: int = 128
-    batch_size: int = 64
+    batch_size: int = 64  # per rank (DDP: the global batch is batch_size x ranks), unless global_batch_size
+    global_batch_size: int = 0  # > 0: the batch over all ranks, split evenly; an epoch is then the same updates on any number of GPUs
+    lr_scaling: str = "none"  # none | linear | sqrt: lr is for a global batch of lr_base_batch, scaled to the run's (Goyal et al. 2017)
+    lr_base_batch: int = 64
     epochs: int = 300
     max_steps: int = 0  # generator steps; 0 = run `epochs`
     optimizer: str | None = None  # adam | rmsprop
@@ -68,6 +75,13 @@ class GANConfig:
     keep_checkpoints: int = 3
     resume: bool = True
     stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+
+
+# What a resumed run may change: how long it runs, what it logs and keeps, and where it runs. Any other field
+# changes what the checkpoints hold, so resuming them under it would train something nobody asked for.
+# init_from is read only at step 0.
+RESUMABLE = frozenset({"epochs", "max_steps", "log_every", "sample_every", "hist_every", "ckpt_every",
+                       "keep_checkpoints", "val_every", "resume", "device", "compile", "stop_signals", "init_from"})
 
 
 @dataclass
@@ -105,6 +119,15 @@ def _policy_ok(policy: str) -> bool:
     return True
 
 
+def rank_batch(cfg: GANConfig, world: int) -> tuple[int, int]:
+    """(rows per rank per step, rows per step over all ranks) on `world` ranks."""
+    if cfg.global_batch_size == 0:
+        return cfg.batch_size, cfg.batch_size * world
+    if cfg.global_batch_size % world:
+        raise ConfigError(f"config: global_batch_size={cfg.global_batch_size} does not split evenly over {world} ranks")
+    return cfg.global_batch_size // world, cfg.global_batch_size
+
+
 def resolve(cfg: GANConfig) -> GANConfig:
     """Fill the objective's defaults and check every field that can be checked without data."""
     if cfg.objective not in OBJECTIVES:
@@ -123,6 +146,9 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("betas", len(cfg.betas) == 2, "two numbers"),
         ("lr", cfg.lr > 0, "> 0"),
         ("batch_size", cfg.batch_size > 0, "> 0"),
+        ("global_batch_size", cfg.global_batch_size >= 0, ">= 0 (0 = batch_size per rank)"),
+        ("lr_scaling", cfg.lr_scaling in LR_SCALING, " | ".join(LR_SCALING)),
+        ("lr_base_batch", cfg.lr_base_batch > 0, "> 0"),
         ("n_critic", cfg.n_critic > 0, "> 0"),
         ("alpha", cfg.alpha >= 0, ">= 0"),
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 from his.augment import augmented
-from his.config import config_to_dict, save_config
+from his.config import ConfigError, config_changes, config_to_dict, describe_changes, save_config
 from his.constants import SAMPLE_RATE
 from his.distributed import Distributed, setup_distributed
 from his.eval.evaluate import log_hparams
@@ -35,7 +35,7 @@ from his.train.checkpoint import (
     hold_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state,
     step_generator, warm_start, weights_digest,
 )
-from his.train.config import GANConfig, TrainConfig, resolve
+from his.train.config import LR_SCALING, RESUMABLE, GANConfig, TrainConfig, rank_batch, resolve
 from his.train.data import Batches, TrainingData, WrongSounds, load_clips, load_images, make_batch
 from his.train.validation import ValidationAccuracy
 
@@ -134,11 +134,18 @@ def ema_with_warmup(decay: float) -> Callable:
 def distribute(gan: GAN, cfg: GANConfig, dd: Distributed) -> None:
     """Wrap for DDP (more than one rank) and torch.compile (cfg.compile), after any checkpoint is loaded."""
     ids = [dd.device] if dd.device.type == "cuda" else None
-    gen = DistributedDataParallel(gan.generator, device_ids=ids) if dd.world > 1 else gan.generator
-    critic = DistributedDataParallel(gan.critic, device_ids=ids) if dd.world > 1 else gan.critic
+    wrap = lambda m: DistributedDataParallel(m, device_ids=ids, broadcast_buffers=_has_batch_norm(m))  # noqa: E731
+    gen = wrap(gan.generator) if dd.world > 1 else gan.generator
+    critic = wrap(gan.critic) if dd.world > 1 else gan.critic
     gan.generate, gan.criticise, gan.criticise_for_g, gan.criticise_for_gp = gen, critic, gan.critic, critic
     if cfg.compile:
         gan.generate, gan.criticise, gan.criticise_for_g = torch.compile(gen), torch.compile(critic), torch.compile(gan.critic)
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    """Whether DDP must broadcast the model's buffers before each forward: batch norm's running statistics
+    drift apart per rank; spectral norm's power-iteration vectors follow from weights every rank shares."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class Throughput:
@@ -230,9 +237,11 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     return StepResult({**terms_d, **terms_g}, n_d, grad_norms)
 
 
-def learning_rate(cfg: GANConfig, epoch: int) -> float:
-    """The report's schedule: cfg.lr halved every `lr_halve_every` epochs (0: constant)."""
-    return cfg.lr * 0.5 ** (epoch // cfg.lr_halve_every) if cfg.lr_halve_every > 0 else cfg.lr
+def learning_rate(cfg: GANConfig, epoch: int, global_batch: int | None = None) -> float:
+    """The report's schedule: cfg.lr halved every `lr_halve_every` epochs (0: constant), scaled to the global
+    batch by cfg.lr_scaling (none by default)."""
+    scale = (global_batch / cfg.lr_base_batch) ** LR_SCALING[cfg.lr_scaling] if global_batch else 1.0
+    return cfg.lr * scale * (0.5 ** (epoch // cfg.lr_halve_every) if cfg.lr_halve_every > 0 else 1.0)
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
@@ -264,6 +273,11 @@ def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Ca
     resumed = latest_checkpoint(run_dir, set_aside=owner) if cfg.resume else None
     if resumed is not None:
         path, ckpt = resumed
+        changed = {k: v for k, v in config_changes(ckpt.get("config", {}), config_to_dict(cfg)).items()
+                   if k not in RESUMABLE}
+        if changed:
+            raise ConfigError(f"config: {path} was trained with another config ({describe_changes(changed)}); "
+                              "resume it with that config, train into another out, or set resume=false")
         gan.generator.load_state_dict(ckpt["generator"])
         gan.critic.load_state_dict(ckpt["critic"])
         gan.opt_g.load_state_dict(ckpt["opt_generator"])
@@ -293,7 +307,8 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say, dd.is_main)
     distribute(gan, cfg, dd)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # noqa: E731
-    batches = Batches(len(data.frames), cfg.batch_size, world, dd.rank, cfg.seed, epoch, position)
+    per_rank, global_batch = rank_batch(cfg, world)
+    batches = Batches(len(data.frames), per_rank, world, dd.rank, cfg.seed, epoch, position)
     wrong = WrongSounds(data.labels) if conditional and (cfg.objective == "gan-cls" or cfg.alpha > 0) else None
     writer = None
     if dd.is_main:
@@ -340,9 +355,10 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     status, terms, ckpt_path, first_step = "completed", {}, None, step
     meter = Throughput(world)
     say(f"training {cfg.objective} ({'conditional' if conditional else 'unconditional'}) on {device}, "
-        f"{world} rank(s), {len(data.frames)} images, {batches.per_epoch} batches/epoch/rank, from step {step}")
+        f"{world} rank(s), global batch {global_batch} ({per_rank} per rank), {len(data.frames)} images, "
+        f"{batches.per_epoch} updates/epoch, from step {step}")
     while (total is not None and step < total) or (total is None and batches.epoch < cfg.epochs):
-        lr = learning_rate(cfg, batches.epoch)
+        lr = learning_rate(cfg, batches.epoch, global_batch)
         gan.set_lr(lr)
         log_now = dd.is_main and step % cfg.log_every == 0
         result = train_step(cfg, gan, data, batches, wrong, step, dd.rank, device, meter, autocast, log_now)
@@ -394,7 +410,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     if ckpt_path is None or not ckpt_path.name.endswith(f"{step:08d}.pt"):
         ckpt_path = checkpoint()
     last_terms = {k: float(v) for k, v in terms.items()}
-    summary = {"status": status, "step": step, "epoch": batches.epoch, "run_dir": str(run_dir),
+    summary = {"status": status, "step": step, "epoch": batches.epoch, "global_batch": global_batch, "run_dir": str(run_dir),
                "checkpoint": str(ckpt_path) if ckpt_path else None, "final": last_terms,
                **({"best": best, "val_ceiling": validation.ceiling} if validation else {}), **throughput,
                "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
