@@ -373,7 +373,7 @@ def write_run_inputs(datasets, root, data: EvalData) -> tuple[str, str]:
     return str(clips), str(features_dir)
 
 
-def test_python_m_his_eval_on_a_run_directory(data, datasets, tmp_path):
+def test_python_m_his_eval_on_a_run_directory(data, datasets, tmp_path, capsys):
     from his.eval.stage import main
     from his.train import TrainConfig, run
 
@@ -388,12 +388,20 @@ def test_python_m_his_eval_on_a_run_directory(data, datasets, tmp_path):
     assert set(results["attributes"]) == {"loudness", "pitch_register"}
     assert 0 <= results["overall"]["shuffled_accuracy"] <= 1 and 0 <= results["overall"]["shuffled_follows_sound"] <= 1
     assert (run_dir / "eval" / "figure7.png").is_file() and (run_dir / "eval" / "figure8.png").is_file()
+    assert (run_dir / "eval" / "report.html").is_file()  # tests/test_report.py opens it in a browser
+    assert len(list((run_dir / "eval" / "report").glob("clip-*.wav"))) == len(data.test_labels)
     assert (tmp_path / "clips" / "eval-cache").is_dir()
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
     assert events.Scalars("eval/conditional_accuracy")[0].step == 2
 
     assert main([f"run={tmp_path / 'nowhere'}"]) == 2  # a bare RUN_DIR is shorthand for run=RUN_DIR
+    checkpoint = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
+    (tmp_path / "truncated.pt").write_bytes(checkpoint.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main([str(run_dir), f"checkpoint={tmp_path / 'truncated.pt'}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "truncated.pt: not a readable checkpoint" in err, err
     with pytest.raises(SystemExit) as e:
         main([str(run_dir), str(tmp_path / "nowhere")])
     assert e.value.code == 2

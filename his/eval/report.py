@@ -91,21 +91,23 @@ class Entry:
 
 
 STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1280px; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
-.figures img { max-width: 100%; margin: 4px 0 12px; }
+.figures { display: flex; gap: 16px; flex-wrap: wrap; align-items: flex-start; margin-bottom: 12px; }
+.figures img { max-width: 100%; max-height: 360px; }
 section.sound { border-top: 1px solid #ddd; padding: 10px 0; }
 section.sound.hit h3::after { content: " \\2714"; color: #2a7d2a; }
 section.sound.miss h3::after { content: " \\2718"; color: #b22; }
 section.sound h3 { margin: 0 0 6px; font-size: 15px; }
-.media { display: flex; gap: 16px; align-items: flex-end; flex-wrap: wrap; }
+.media { display: flex; gap: 16px; align-items: flex-start; flex-wrap: wrap; }
+.about { width: 330px; display: flex; flex-direction: column; gap: 8px; }
 figure { margin: 0; }
 figcaption { font-size: 12px; color: #666; }
 img.real { width: 128px; height: 128px; image-rendering: pixelated; }
 audio { width: 320px; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; margin: 8px 0 0; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0 12px; margin: 0; font-size: 13px; }
 dt { color: #666; }
 dd { margin: 0; }
 """
@@ -122,19 +124,21 @@ def _src(path: str) -> str:
 
 def _entry_html(entry: Entry) -> str:
     state = {True: " hit", False: " miss", None: ""}[entry.hit]
-    media = []
+    about = []  # the sound and what is known of it, left of the images
     if entry.audio:
-        media.append(f'<figure><audio controls preload="metadata" src="{_src(entry.audio)}"></audio>'
+        about.append(f'<figure><audio controls preload="metadata" src="{_src(entry.audio)}"></audio>'
                      "<figcaption>the sound the images were drawn from</figcaption></figure>")
+    if entry.facts:
+        about.append("<dl>" + "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in entry.facts) + "</dl>")
+    media = [f'<div class="about">{"".join(about)}</div>']
     media.append(f'<figure><img src="{_src(entry.grid)}" alt="images generated from {_text(entry.title)}">'
                  "<figcaption>generated</figcaption></figure>")
     if entry.real_frame:
         media.append(f'<figure><img class="real" src="{_src(entry.real_frame)}" alt="real frame of '
                      f'{_text(entry.title)}"><figcaption>real frame</figcaption></figure>')
-    facts = "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in entry.facts)
     anchor = f' id="{_text(entry.anchor)}"' if entry.anchor else ""
     return (f'<section class="sound{state}"{anchor}><h3>{_text(entry.title)}</h3>'
-            f'<div class="media">{"".join(media)}</div>{f"<dl>{facts}</dl>" if facts else ""}</section>')
+            f'<div class="media">{"".join(media)}</div></section>')
 
 
 def render_page(title: str, intro: str, entries: Sequence[Entry], summary: Sequence[tuple[str, Any, Any]] = (),
@@ -174,8 +178,8 @@ def _clip_facts(i: int, data: EvalData, clip: dict[str, Any], classes: list[str]
              ("images read as its class", format_number(clip["accuracy"]))]
     if "shuffled_sound" in clip:
         j = clip["shuffled_sound"]
-        facts.append(("shuffled sound", f"clip {j} ({classes[data.test_labels[j]]}): images read as this clip's "
-                                        f"class {format_number(clip['shuffled_accuracy'])}"))
+        facts += [("shuffled: the sound of", f"clip {j} ({classes[data.test_labels[j]]})"),
+                  ("shuffled: read as its class", format_number(clip["shuffled_accuracy"]))]
     if data.test_video_ids is not None:
         facts.append(("video", str(data.test_video_ids[i])))
     for name, values in (data.test_attributes or {}).items():

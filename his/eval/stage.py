@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from his.config import ConfigError, config_to_dict, load_config, save_config, stage_main
+from his.config import ConfigError, config_to_dict, load_config, stage_main
 from his.data.dataset import load_features, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.classifier import NetTraining
@@ -121,8 +121,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = load_checkpoint(path)
     except Exception as e:  # torch.load fails in many ways on a file that is not a whole checkpoint
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:120]})") from None
+        raise ConfigError(f"{path}: not a readable checkpoint (truncated, or not a torch file: "
+                          f"{type(e).__name__})") from None
     if not isinstance(state, dict) or "generator" not in state:
         raise ConfigError(f"{path}: not a his.train checkpoint (no generator weights in it)")
     return state
@@ -165,9 +165,10 @@ def load_run_generator(run_dir: Path, checkpoint: str,
     try:
         generator.load_state_dict(sampling_weights(state))
     except (RuntimeError, KeyError) as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])[:200]
+        # the first mismatch, as "size mismatch for up1.0.weight" or "Missing key(s) in state_dict: ..."
+        detail = ([line.strip() for line in str(e).splitlines()[1:2]] or [str(e)])[0].split(": copying")[0][:160]
         raise ConfigError(f"{checkpoint_path}: its generator weights do not fit the config it was read with "
-                          f"({detail})") from None
+                          f"(ngf={train_cfg.ngf}, z_dim={train_cfg.z_dim}, ...): {detail}") from None
     return train_cfg, checkpoint_path, state, generator.to(device).eval()
 
 
@@ -193,8 +194,6 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else run_dir / "eval"
     cache = Path(cfg.cache) if cfg.cache else (clips if clips.is_dir() else clips.parent) / "eval-cache"
     log_dir = Path(cfg.tb) if cfg.tb else run_dir / "tb"
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.toml")  # what made these results (hpc.launch reruns the stage when it changes)
     results = evaluate(data, samples, out, settings, cache, log_dir, checkpoint["step"], device, shuffled,
                        hparams=config_to_dict(train_cfg))
     return {
