@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<11} {seconds:8.1f}")
     print(f"{'total':<11} {total:8.1f}")
     print(f"\nwatch the runs: tensorboard --logdir {run}")
+    report = run / "eval" / "report.html"
+    print(f"listen and look (open in a browser, no server needed): {report}" if report.is_file() else f"(no {report})")
     return 0
 
 
