@@ -36,6 +36,7 @@ from his.frames import centre_crop
 from his.models import build_generator
 from his.train.checkpoint import chosen_checkpoint, load_checkpoint, sampling_weights
 from his.train.config import TrainConfig
+from his.train.data import load_test_audio
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
         # video_id and source are in the contract; hand-made clip sets may lack them (no attributes, then)
         optional = [name for name in ("video_id", "source") if name in f]
     fields = [train_cfg.frames, "label", *optional]
-    train, test = load_split(index, "train", fields), load_split(index, "test", [*fields, "audio"])
+    train, test = load_split(index, "train", fields), load_split(index, "test", fields)
     if len(test["label"]) == 0:
         raise ConfigError(f"config: the clip set {index} has no test clips to evaluate on")
     data = EvalData(
@@ -99,7 +100,7 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
         test_labels=test["label"].astype(np.int64),
         test_features=load_features(train_cfg.features, "test"),
         test_video_ids=test.get("video_id"),
-        test_audio=test["audio"],
+        test_audio=load_test_audio(index),
     )
     attributes = _find_attributes(cfg, index, train.get("source", np.array([])))
     if attributes is None:
