@@ -87,7 +87,6 @@ class Entry:
     real_frame: str | None = None
     facts: list[tuple[str, str]] = field(default_factory=list)
     hit: bool | None = None
-    anchor: str = ""
 
 
 STYLE = """
@@ -136,8 +135,7 @@ def _entry_html(entry: Entry) -> str:
     if entry.real_frame:
         media.append(f'<figure><img class="real" src="{_src(entry.real_frame)}" alt="real frame of '
                      f'{_text(entry.title)}"><figcaption>real frame</figcaption></figure>')
-    anchor = f' id="{_text(entry.anchor)}"' if entry.anchor else ""
-    return (f'<section class="sound{state}"{anchor}><h3>{_text(entry.title)}</h3>'
+    return (f'<section class="sound{state}"><h3>{_text(entry.title)}</h3>'
             f'<div class="media">{"".join(media)}</div></section>')
 
 
@@ -204,11 +202,12 @@ def eval_report(out_dir: str | os.PathLike, results: dict[str, Any], data: EvalD
         entries.append(Entry(f"test clip {i}: {clip['class']}", f"{name}.png",
                              f"{name}.wav" if data.test_audio is not None else None,
                              f"{name}-real.png", _clip_facts(i, data, clip, classes, k),
-                             hit=clip["read_as"] == clip["class"], anchor=f"clip-{i:04d}"))
+                             hit=clip["read_as"] == clip["class"]))
     o = results["overall"]
     intro = (f"{o['n_test_clips']} held-out test clips of {len(classes)} classes ({', '.join(classes)}), {k} images "
              "generated from each clip's sound. Play a sound, look at what was drawn from it and at the real frame. "
              "The class is the one our frame classifier (trained on real training frames) reads most often off the "
              "images; 'shuffled sound': the same noise with the sound of a clip of another class.")
     figure_files = [Path(p).name for p in results.get("figures", {}).values()]
-    return write_page(out_dir, render_page("Hear it and see it: evaluation", intro, entries, summary_rows(results) + attribute_rows(results), figure_files))
+    summary = summary_rows(results) + attribute_rows(results)
+    return write_page(out_dir, render_page("Hear it and see it: evaluation", intro, entries, summary, figure_files))
