@@ -33,7 +33,7 @@ def open_set(path: str | os.PathLike, kind: str | None = None) -> Iterator[h5py.
     verify_set(path)
     try:
         with h5py.File(path, "r") as f:
-            have = f.attrs.get("kind", "")
+            have = f.attrs.get("kind", kind)  # a hand-made file without one is taken as what it is used for
             have = have.decode() if isinstance(have, bytes) else str(have)
             if kind is not None and have != kind:
                 raise InputError(f"{path}: not a {kind} set (its kind attr is {have!r})")

@@ -1,0 +1,208 @@
+"""Kill -9 at random points, then rerun: does the output equal a clean run's? For hpc.preprocess (the driver
+and its local Ray, killed as one process group) and his.train (resumed from its newest checkpoint).
+
+    python -m benchmarks.faults [--kills 10] [--seed 0] [--json benchmarks/faults.json]
+
+Each stage: one clean run, timed (and when its first output appeared: the first shard, or the training's
+config.toml), then `--kills` runs into one other directory, each killed at a uniformly random time between
+those two instants (a run that finished first is let be), then one rerun there to the end, compared with
+the clean run: every dataset of the index and of each shard, and the manifest's shard list (preprocess);
+the weights digest and step of summary.json (train). tests/test_faults.py runs the same trials, fewer kills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+# one torch thread: a clean run and a resumed one must do their float sums in the same order
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclass
+class Trial:
+    stage: str
+    kills: list[float]  # seconds after start at which each run was killed (0 for a run that ended first)
+    clean_s: float  # the clean run's wall time
+    equal: bool  # the rerun after the kills gave what the clean run gave
+
+
+def tree_digest(root: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path: equal digests, nothing written."""
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def h5_datasets(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {n: f[n].asstr()[()] if h5py.check_string_dtype(f[n].dtype) else f[n][()] for n in f}
+
+
+def clip_sets_equal(a: Path, b: Path) -> bool:
+    """Index datasets, each shard's datasets and the manifest's shard names and rows all equal."""
+    def shard_list(out: Path) -> list[tuple[str, int]]:
+        return [(s["name"], s["rows"]) for s in json.loads((out / "manifest.json").read_text())["shards"]]
+
+    if shard_list(a) != shard_list(b):
+        return False
+    pairs = [(a / "index.h5", b / "index.h5")] + [(a / name, b / name) for name, _ in shard_list(a)]
+    for x, y in pairs:
+        dx, dy = h5_datasets(x), h5_datasets(y)
+        if dx.keys() != dy.keys() or not all(np.array_equal(dx[k], dy[k]) for k in dx):
+            return False
+    return True
+
+
+def trained_equal(a: Path, b: Path) -> bool:
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    return sa["status"] == sb["status"] == "completed" and sa["step"] == sb["step"] and \
+        sa["weights_sha256"] == sb["weights_sha256"]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and all it started (a local Ray), in its session
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def timed_run(cmd: Sequence[str], marker: Path, timeout: float = 600) -> tuple[float, float]:
+    """Run `cmd` to the end: (wall seconds, seconds until `marker` appeared). Raises if it fails."""
+    start = time.monotonic()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        seen = None
+        try:
+            while proc.poll() is None and time.monotonic() - start < timeout:
+                if seen is None and marker.exists():
+                    seen = time.monotonic() - start
+                time.sleep(0.02)
+        finally:
+            _kill_group(proc)
+        total = time.monotonic() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}): {err.read()[-2000:]}")
+    return total, total if seen is None else seen
+
+
+def kill_then_rerun(cmd: Sequence[str], kills: int, window: tuple[float, float], rng: random.Random,
+                    timeout: float = 600) -> list[float]:
+    """`kills` runs of `cmd`, each killed -9 at a random time in `window` (seconds after its start), then one
+    run to the end, which must succeed. Returns the kill times (0 where a run ended before its kill)."""
+    times = []
+    for _ in range(kills):
+        at = rng.uniform(*window)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=at)
+            times.append(0.0)
+        except subprocess.TimeoutExpired:
+            times.append(round(at, 2))
+        finally:
+            _kill_group(proc)
+    rerun = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if rerun.returncode != 0:
+        raise RuntimeError(f"rerun of {' '.join(cmd[:3])} failed ({rerun.returncode}): {rerun.stderr[-2000:]}")
+    return times
+
+
+def preprocess_command(videos: Path, splits: Path, classes: Sequence[str], out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hpc.preprocess", "--videos", str(videos), "--splits", str(splits),
+            "--classes", ",".join(classes), "--out", str(out), *extra]
+
+
+def train_command(clips: Path, features: Path, out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "his.train", f"clips={clips}", f"features={features}", f"out={out}", *overrides]
+
+
+def preprocess_trial(work: Path, videos: Path, splits: Path, classes: Sequence[str], kills: int,
+                     rng: random.Random, extra: Sequence[str] = ()) -> Trial:
+    clean, killed = work / "preprocess-clean", work / "preprocess-killed"
+    total, first = timed_run(preprocess_command(videos, splits, classes, clean, *extra),
+                             clean / "shards" / "clips-00000.h5")
+    times = kill_then_rerun(preprocess_command(videos, splits, classes, killed, *extra), kills, (first, total), rng)
+    return Trial("hpc.preprocess", times, round(total, 2), clip_sets_equal(clean, killed))
+
+
+def train_trial(work: Path, clips: Path, features: Path, kills: int, rng: random.Random,
+                overrides: Sequence[str] = ()) -> Trial:
+    clean, killed = work / "train-clean", work / "train-killed"
+    total, first = timed_run(train_command(clips, features, clean, *overrides), clean / "config.toml")
+    times = kill_then_rerun(train_command(clips, features, killed, *overrides), kills, (first, total), rng)
+    return Trial("his.train", times, round(total, 2), trained_equal(clean, killed))
+
+
+TINY_TRAINING = ("ngf=8", "ndf=8", "z_dim=8", "proj_dim=8", "batch_size=8", "max_steps=40", "ckpt_every=4",
+                 "log_every=5", "sample_every=1000", "hist_every=1000")
+
+
+def random_features(clips: Path, dim: int = 16, seed: int = 0) -> Path:
+    """A feature set for the clip set: a centre per class plus noise, written as hpc.features writes one."""
+    from his.audio.features import clip_shards, features_dir_for, train_statistics, write_features
+    from his.data.dataset import load_split
+
+    rows = load_split(clips / "index.h5", None, ["label", "split"])
+    rng = np.random.default_rng(seed)
+    raw = (rng.normal(0, 1, (int(rows["label"].max()) + 1, dim))[rows["label"]]
+           + rng.normal(0, 0.3, (len(rows["label"]), dim))).astype(np.float32)
+    mean, std = train_statistics(raw, rows["split"])
+    sha = hashlib.sha256(b"random features").hexdigest()
+    out = features_dir_for(str(clips), sha)
+    write_features(out, clip_shards(clips / "index.h5"), raw, mean, std,
+                   {"layer": "random", "checkpoint": "none", "checkpoint_sha256": sha})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kills", type=int, default=10, help="kill -9s per stage before the rerun")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--videos-per-class", type=int, default=8)
+    p.add_argument("--json", default="benchmarks/faults.json")
+    args = p.parse_args()
+    from his.synth import generate
+
+    rng = random.Random(args.seed)
+    classes = ["PlayingCello", "PlayingDhol", "PlayingSitar"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        generate(work / "data", classes=classes, videos_per_class=args.videos_per_class, groups=4, ppmi_images=4,
+                 seed=args.seed, duration_range=(4.0, 6.0), progress=False)
+        extra = ("--shard-clips", "8", "--num-cpus", "2")
+        trials = [preprocess_trial(work, work / "data" / "UCF-101", work / "data" / "ucfTrainTestlist", classes,
+                                   args.kills, rng, extra)]
+        clips = work / "preprocess-clean"
+        trials.append(train_trial(work, clips, random_features(clips), args.kills, rng,
+                                  ("cond_dim=16", *TINY_TRAINING)))
+    print(f"{'stage':<16} {'clean s':>8} {'kills':>6} {'landed':>7} {'equal':>6}  kill times (s)")
+    for t in trials:
+        landed = sum(1 for k in t.kills if k > 0)
+        print(f"{t.stage:<16} {t.clean_s:>8.1f} {len(t.kills):>6} {landed:>7} {str(t.equal):>6}  "
+              f"{', '.join(f'{k:.1f}' for k in t.kills)}")
+    lost = sum(not t.equal for t in trials)
+    print(f"{sum(len(t.kills) for t in trials)} kills, {lost} lost")
+    Path(args.json).write_text(json.dumps({"trials": [asdict(t) for t in trials], "lost": lost}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
