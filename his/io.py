@@ -88,26 +88,8 @@ def remove_temporaries(directory: Path) -> list[Path]:
     return removed
 
 
-@contextlib.contextmanager
-def exclusive_dir(path: str | os.PathLike, what: str, temp_dirs: Sequence[str] = ("",)) -> Iterator[Path]:
-    """Hold `path` (created if needed) as its one writer, `what` (a command or stage name): an exclusive flock
-    on PATH/.lock, which names the holder (what, host, pid, start time, command) and is removed on release.
-    A second writer gets InputError naming the holder. Once held,
-    the temporary files a killed writer left in PATH/`temp_dirs` (relative; "" is PATH itself) are removed.
-
-    The kernel drops the lock when its holder dies (a requeued job on the same directory goes on). Not
-    re-entrant: a process holding PATH that asks again is refused too. HIS_LOCK=off skips locking, for
-    filesystems without flock. A directory made here and left empty (the run failed before writing) is
-    removed again.
-    """
-    created = not Path(path).exists()
-    path = make_dir(path)
-    if os.environ.get("HIS_LOCK", "") == "off":
-        for sub in temp_dirs:
-            remove_temporaries(path / sub)
-        yield path
-        return
-    lock = path / LOCK_NAME
+def _lock(lock: Path, path: Path, what: str) -> int:
+    """An open descriptor of `lock`, exclusively flock-ed, holding our holder info; InputError if it cannot be."""
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -124,17 +106,38 @@ def exclusive_dir(path: str | os.PathLike, what: str, temp_dirs: Sequence[str] =
         except FileNotFoundError:
             same = False
         if same:
-            break
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(_holder(what)) + "\n").encode())
+            return fd
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_dir(path: str | os.PathLike, what: str, temp_dirs: Sequence[str] = ("",)) -> Iterator[Path]:
+    """Hold `path` (created if needed) as its one writer, `what` (a command or stage name): an exclusive flock
+    on PATH/.lock, which names the holder (what, host, pid, start time, command) and is removed on release.
+    A second writer gets InputError naming the holder. Once held, the temporary files a killed writer left in
+    PATH/`temp_dirs` (relative; "" is PATH itself) are removed.
+
+    The kernel drops the lock when its holder dies (a requeued job on the same directory goes on). Not
+    re-entrant: a process holding PATH that asks again is refused too. HIS_LOCK=off skips locking, for
+    filesystems without flock. A directory made here and left empty (the run failed before writing) is
+    removed again.
+    """
+    created = not Path(path).exists()
+    path = make_dir(path)
+    lock = path / LOCK_NAME
+    fd = None
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(_holder(what)) + "\n").encode())
+        if os.environ.get("HIS_LOCK", "") != "off":
+            fd = _lock(lock, path, what)
         for sub in temp_dirs:
             remove_temporaries(path / sub)
         yield path
     finally:
-        lock.unlink(missing_ok=True)  # while still held: a waiting opener then sees a new file (checked above)
-        os.close(fd)
+        if fd is not None:
+            lock.unlink(missing_ok=True)  # while still held: a waiting opener then sees a new file (checked above)
+            os.close(fd)
         if created:
             with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
                 path.rmdir()
