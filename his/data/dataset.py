@@ -66,6 +66,15 @@ def load_split(index_path: str | os.PathLike, split: str | None, fields: Sequenc
         return {name: _read_rows(f[name], rows) for name in fields}
 
 
+def load_rows(index_path: str | os.PathLike, split: str | None, field: str,
+              rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows `rows` (positions within `split`; default: all of it, which must have some) of one field, read row
+    by row: for a wide field such as audio, of which load_split would hold the whole column in memory."""
+    with open_set(index_path, "clips") as f:
+        wanted = _split_rows(f, split)
+        return np.stack([f[field][r] for r in (wanted if rows is None else wanted[rows])])
+
+
 def read_classes(index_path: str | os.PathLike) -> list[str]:
     with open_set(index_path, "clips") as f:
         return [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs["classes"]]

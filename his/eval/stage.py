@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from his.config import ConfigError, config_to_dict, load_config, stage_main
-from his.data.dataset import load_features, load_split, read_classes
+from his.data.dataset import load_features, load_rows, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.classifier import NetTraining
 from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
@@ -36,7 +36,6 @@ from his.frames import centre_crop
 from his.models import build_generator
 from his.train.checkpoint import chosen_checkpoint, load_checkpoint, sampling_weights
 from his.train.config import TrainConfig
-from his.train.data import load_test_audio
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
         test_labels=test["label"].astype(np.int64),
         test_features=load_features(train_cfg.features, "test"),
         test_video_ids=test.get("video_id"),
-        test_audio=load_test_audio(index),
+        test_audio=load_rows(index, "test", "audio"),  # not with load_split: that reads every clip's audio
     )
     attributes = _find_attributes(cfg, index, train.get("source", np.array([])))
     if attributes is None:

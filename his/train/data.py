@@ -15,7 +15,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from his.config import ConfigError
-from his.data.dataset import SPLITS, load_features, load_split, open_set, validation_mask
+from his.data.dataset import load_features, load_rows, load_split, open_set, validation_mask
 from his.constants import IMAGE_SIZE
 from his.frames import scale_to_images
 from his.train.config import PretrainConfig, TrainConfig
@@ -92,16 +92,7 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     rows = _one_per_class(held_out["label"].astype(np.int64), cfg.sample_sounds)
     return TrainingData(train[cfg.frames], cond, labels, held_out[cfg.frames][rows],
                         (cond if held_cond is None else held_cond)[rows], validation,
-                        sample_audio=load_test_audio(index, rows) if held_cond is not None else None)
-
-
-def load_test_audio(index: Path, rows: np.ndarray | None = None) -> np.ndarray:
-    """int16 (n, samples): the audio windows of the test split's `rows` (default: all; there must be some), read
-    row by row, so the audio of the whole clip set is never in memory at once."""
-    with open_set(index, "clips") as f:
-        test_rows = np.flatnonzero(f["split"][()] == SPLITS["test"])
-        wanted = test_rows if rows is None else test_rows[rows]
-        return np.stack([f["audio"][r] for r in wanted])
+                        sample_audio=load_rows(index, "test", "audio", rows) if held_cond is not None else None)
 
 
 def _one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
