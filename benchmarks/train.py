@@ -23,6 +23,7 @@ import torch
 
 from his.models import Critic, SimpleGenerator, count_flops_per_image
 from his.train import TrainConfig, run
+from his.train.config import OBJECTIVE_DEFAULTS
 
 VARIANTS = {
     "fp32 eager": {},
@@ -46,6 +47,16 @@ def make_clip_set(root: Path, n: int, dim: int = 1024, classes: int = 3, seed: i
     with h5py.File(features / "index.h5", "w") as f:  # what load_features reads; a benchmark needs no shards
         f["feature"] = rng.normal(size=(n, dim)).astype(np.float32)
     return root, features
+
+
+def flops_per_generator_step(objective: str, batch: int, flops: dict[str, float]) -> float:
+    """Model FLOPs of one generator step, by count: a backward is twice its forward; each critic step runs G
+    forward and D forward + backward on the real, fake and (with the mismatch term) wrong batches; the
+    generator step G and D forward + backward on one batch. WGAN-GP's double backward is not counted, so its
+    figure is a lower bound."""
+    g, d = flops["generator_forward_per_image"], flops["critic_forward_per_image"]
+    critic_steps = OBJECTIVE_DEFAULTS[objective]["n_critic"]
+    return batch * (critic_steps * (g + 3 * 3 * d) + 3 * g + 3 * d)
 
 
 def main() -> None:
@@ -83,20 +94,27 @@ def main() -> None:
                                   sample_every=10**9, hist_every=10**9, ckpt_every=10**9, resume=False,
                                   sample_sounds=1, **VARIANTS[variant])
                 try:
+                    if torch.cuda.is_available():
+                        torch.cuda.reset_peak_memory_stats()
                     summary = run(cfg)
+                    step_flops = flops_per_generator_step(objective, args.batch, flops)
                     row = {"objective": objective, "variant": variant, "s_per_step": summary["s_per_step"],
-                           "images_per_s": summary["images_per_s"]}
+                           "images_per_s": summary["images_per_s"],
+                           "model_tflops_per_s": step_flops / summary["s_per_step"] / 1e12}
+                    if torch.cuda.is_available() and args.device != "cpu":
+                        row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
                 except Exception as e:  # an option unsupported here is a row, not a crash
                     row = {"objective": objective, "variant": variant, "error": f"{type(e).__name__}: {str(e)[:200]}"}
                 rows.append(row)
                 print(json.dumps(row))
 
-    print(f"\n{'objective':<9} {'variant':<14} {'s/step':>9} {'images/s':>10}")
+    print(f"\n{'objective':<9} {'variant':<14} {'s/step':>9} {'images/s':>10} {'TFLOP/s':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['objective']:<9} {r['variant']:<14} {r['error']}")
         else:
-            print(f"{r['objective']:<9} {r['variant']:<14} {r['s_per_step']:>9.4f} {r['images_per_s']:>10.1f}")
+            print(f"{r['objective']:<9} {r['variant']:<14} {r['s_per_step']:>9.4f} {r['images_per_s']:>10.1f} "
+                  f"{r['model_tflops_per_s']:>8.3f}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else platform.processor() or "cpu"
     result = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args),
               "flops": flops, "rows": rows}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,11 @@ def features_dir(cfg: PipelineConfig) -> Path | None:
     """Where the features of this run's fine-tuned SoundNet are (None until it exists)."""
     if not Path(cfg.features.checkpoint).exists():
         return None
-    return locate_features(cfg.features)[0]
+    try:
+        return locate_features(cfg.features)[0]
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # torch.load's ways to refuse a file
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"not a checkpoint torch can load ({type(e).__name__})"
+        raise LaunchError(f"features: {cfg.features.checkpoint}: {why}") from None
 
 
 def features_done(cfg: PipelineConfig) -> bool:

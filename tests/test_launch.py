@@ -225,6 +225,9 @@ def test_features_of_another_layer_go_to_a_directory_of_their_own(tmp_path):
         assert features_dir(same) == own
     conv5 = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, layer="conv5"))
     assert features_dir(conv5) == own.with_name(f"{sha[:12]}-conv5")
+    write(Path(cfg.features.checkpoint), "not a checkpoint")
+    with pytest.raises(LaunchError, match=r"^features: .*soundnet_finetuned.pt: not a checkpoint torch can load"):
+        features_dir(cfg)
 
 
 def test_the_trainer_refuses_to_resume_a_checkpoint_of_another_config(tiny_pipeline_data, tmp_path):

@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from his.config import ConfigError, config_to_dict, load_config, stage_main
+from his.config import ConfigError, config_to_dict, load_config, save_config, stage_main
 from his.data.dataset import load_features, load_rows, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.classifier import NetTraining
@@ -194,6 +194,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else run_dir / "eval"
     cache = Path(cfg.cache) if cfg.cache else (clips if clips.is_dir() else clips.parent) / "eval-cache"
     log_dir = Path(cfg.tb) if cfg.tb else run_dir / "tb"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.toml")  # what made these results (hpc.launch reruns the stage when it changes)
     results = evaluate(data, samples, out, settings, cache, log_dir, checkpoint["step"], device, shuffled,
                        hparams=config_to_dict(train_cfg))
     return {
