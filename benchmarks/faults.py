@@ -4,10 +4,10 @@ and its local Ray, killed as one process group) and his.train (resumed from its 
     python -m benchmarks.faults [--kills 10] [--seed 0] [--json benchmarks/faults.json]
 
 Each stage: one clean run, timed (and when its first output appeared: the first shard, or the training's
-config.toml), then `--kills` runs into one other directory, each killed at a uniformly random time between
-those two instants (a run that finished first is let be), then one rerun there to the end, compared with
-the clean run: every dataset of the index and of each shard, and the manifest's shard list (preprocess);
-the weights digest and step of summary.json (train). tests/test_faults.py runs the same trials, fewer kills.
+config.toml); then `--kills` times: a run into a fresh directory, killed at a uniformly random time between
+those two instants (one that finished first is let be), and a rerun there to the end, compared with the clean
+run: every dataset of the index and of each shard, and the manifest's shard list (preprocess); the weights
+digest and step of summary.json (train). tests/test_faults.py runs the same trials, fewer kills.
 """
 
 from __future__ import annotations
@@ -37,9 +37,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 @dataclass
 class Trial:
     stage: str
-    kills: list[float]  # seconds after start at which each run was killed (0 for a run that ended first)
     clean_s: float  # the clean run's wall time
-    equal: bool  # the rerun after the kills gave what the clean run gave
+    kills: list[float]  # seconds after its start at which each run was killed (0: it had ended first)
+    mid_run: list[bool]  # whether each kill landed after the run's first output and before its last
+    equal: list[bool]  # whether each killed run's rerun gave what the clean run gave
+
+    @property
+    def lost(self) -> int:
+        return self.equal.count(False)
 
 
 def tree_digest(root: str | os.PathLike) -> dict[str, str]:
@@ -104,26 +109,26 @@ def timed_run(cmd: Sequence[str], marker: Path, timeout: float = 600) -> tuple[f
     return total, total if seen is None else seen
 
 
-def kill_then_rerun(cmd: Sequence[str], kills: int, window: tuple[float, float], rng: random.Random,
-                    timeout: float = 600) -> list[float]:
-    """`kills` runs of `cmd`, each killed -9 at a random time in `window` (seconds after its start), then one
-    run to the end, which must succeed. Returns the kill times (0 where a run ended before its kill)."""
-    times = []
-    for _ in range(kills):
-        at = rng.uniform(*window)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=at)
-            times.append(0.0)
-        except subprocess.TimeoutExpired:
-            times.append(round(at, 2))
-        finally:
-            _kill_group(proc)
+def kill_then_rerun(cmd: Sequence[str], window: tuple[float, float], rng: random.Random, first: Path, last: Path,
+                    timeout: float = 600) -> tuple[float, bool]:
+    """Run `cmd`, kill -9 it (its whole session) at a random time in `window` (seconds after its start), then
+    run it again to the end, which must succeed. Returns the kill time (0 where the run ended before it) and
+    whether the kill landed mid-run: once `first` existed and before `last` did."""
+    at = rng.uniform(*window)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=at)
+        at = 0.0
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        _kill_group(proc)
+    mid_run = first.exists() and not last.exists()
     rerun = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
     if rerun.returncode != 0:
         raise RuntimeError(f"rerun of {' '.join(cmd[:3])} failed ({rerun.returncode}): {rerun.stderr[-2000:]}")
-    return times
+    return round(at, 2), mid_run
 
 
 def preprocess_command(videos: Path, splits: Path, classes: Sequence[str], out: Path, *extra: str) -> list[str]:
@@ -137,19 +142,33 @@ def train_command(clips: Path, features: Path, out: Path, *overrides: str) -> li
 
 def preprocess_trial(work: Path, videos: Path, splits: Path, classes: Sequence[str], kills: int,
                      rng: random.Random, extra: Sequence[str] = ()) -> Trial:
-    clean, killed = work / "preprocess-clean", work / "preprocess-killed"
+    clean = work / "preprocess-clean"
     total, first = timed_run(preprocess_command(videos, splits, classes, clean, *extra),
                              clean / "shards" / "clips-00000.h5")
-    times = kill_then_rerun(preprocess_command(videos, splits, classes, killed, *extra), kills, (first, total), rng)
-    return Trial("hpc.preprocess", times, round(total, 2), clip_sets_equal(clean, killed))
+    trial = Trial("hpc.preprocess", round(total, 2), [], [], [])
+    for i in range(kills):
+        killed = work / f"preprocess-killed-{i}"
+        at, mid_run = kill_then_rerun(preprocess_command(videos, splits, classes, killed, *extra), (first, total),
+                                      rng, killed / "shards" / "clips-00000.h5", killed / "report.json")
+        trial.kills.append(at)
+        trial.mid_run.append(mid_run)
+        trial.equal.append(clip_sets_equal(clean, killed))
+    return trial
 
 
 def train_trial(work: Path, clips: Path, features: Path, kills: int, rng: random.Random,
                 overrides: Sequence[str] = ()) -> Trial:
-    clean, killed = work / "train-clean", work / "train-killed"
+    clean = work / "train-clean"
     total, first = timed_run(train_command(clips, features, clean, *overrides), clean / "config.toml")
-    times = kill_then_rerun(train_command(clips, features, killed, *overrides), kills, (first, total), rng)
-    return Trial("his.train", times, round(total, 2), trained_equal(clean, killed))
+    trial = Trial("his.train", round(total, 2), [], [], [])
+    for i in range(kills):
+        killed = work / f"train-killed-{i}"
+        at, mid_run = kill_then_rerun(train_command(clips, features, killed, *overrides), (first, total), rng,
+                                      killed / "config.toml", killed / "summary.json")
+        trial.kills.append(at)
+        trial.mid_run.append(mid_run)
+        trial.equal.append(trained_equal(clean, killed))
+    return trial
 
 
 TINY_TRAINING = ("ngf=8", "ndf=8", "z_dim=8", "proj_dim=8", "batch_size=8", "max_steps=40", "ckpt_every=4",
@@ -194,12 +213,11 @@ def main() -> None:
         clips = work / "preprocess-clean"
         trials.append(train_trial(work, clips, random_features(clips), args.kills, rng,
                                   ("cond_dim=16", *TINY_TRAINING)))
-    print(f"{'stage':<16} {'clean s':>8} {'kills':>6} {'landed':>7} {'equal':>6}  kill times (s)")
+    print(f"{'stage':<16} {'clean s':>8} {'kills':>6} {'mid-run':>8} {'equal':>6}  kill times (s)")
     for t in trials:
-        landed = sum(1 for k in t.kills if k > 0)
-        print(f"{t.stage:<16} {t.clean_s:>8.1f} {len(t.kills):>6} {landed:>7} {str(t.equal):>6}  "
-              f"{', '.join(f'{k:.1f}' for k in t.kills)}")
-    lost = sum(not t.equal for t in trials)
+        print(f"{t.stage:<16} {t.clean_s:>8.1f} {len(t.kills):>6} {t.mid_run.count(True):>8} "
+              f"{t.equal.count(True):>6}  {', '.join(f'{k:.1f}' for k in t.kills)}")
+    lost = sum(t.lost for t in trials)
     print(f"{sum(len(t.kills) for t in trials)} kills, {lost} lost")
     Path(args.json).write_text(json.dumps({"trials": [asdict(t) for t in trials], "lost": lost}, indent=2) + "\n")
 
