@@ -171,7 +171,7 @@ def train_trial(work: Path, clips: Path, features: Path, kills: int, rng: random
     return trial
 
 
-TINY_TRAINING = ("ngf=8", "ndf=8", "z_dim=8", "proj_dim=8", "batch_size=8", "max_steps=40", "ckpt_every=4",
+TINY_TRAINING = ("ngf=8", "ndf=8", "z_dim=8", "proj_dim=8", "batch_size=8", "max_steps=150", "ckpt_every=10",
                  "log_every=5", "sample_every=1000", "hist_every=1000")
 
 
