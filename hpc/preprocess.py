@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from his.config import OneLineParser, cli_main
+from his.config import ConfigError, OneLineParser, cli_main, save_config
 from his.constants import SAMPLE_RATE
 from his.data.images import parse_crop
 from his.data.manifest import MANIFEST, entry_problem, manifest_entry, read_manifest
@@ -43,10 +43,32 @@ from his.data.shards import build_index, clip_columns, now_utc, read_attrs, writ
 from his.data.spec import check_file
 from his.io import InputError, exclusive_dir, write_json
 from his.media import MediaError, decode_clips
+from hpc.ray_cluster import node_name
 
 PROG = "hpc.preprocess"
 
 VIDEO_NAME = re.compile(r"v_(?P<cls>[^_]+)_g(?P<group>\d+)_c(?P<clip>\d+)")
+
+
+@dataclass
+class PreprocessConfig:
+    """One preprocessing run; the command line's options by the same names (hpc.launch: `preprocess.KEY`)."""
+
+    videos: str = ""  # folder with Class/v_Class_gGG_cCC.avi
+    splits: str = ""  # folder with trainlist0N.txt and testlist0N.txt
+    classes: str = ""  # comma-separated class names, in label order
+    out: str = ""  # output folder (shards/, index.h5, manifest.json, report.json)
+    split: int = 1  # UCF-101 split number (1, 2 or 3)
+    address: str = ""  # a running Ray cluster; "" starts a local Ray
+    num_cpus: int = 0  # CPUs of the local Ray; 0 = all of this machine's
+    window_s: float = 2.0  # seconds of audio per clip
+    clips_per_video: int = 4  # at most this many clips per video
+    crop: str = "200x190"  # centre crop WxH in a 320x240 frame (scaled for others)
+    size: int = 64  # side of the stored crop (frame64)
+    shard_clips: int = 1024  # at most this many clips per shard
+    timeout_s: float = 120.0  # ffmpeg time limit per video
+    force: bool = False  # redo every shard
+    strict: bool = False  # exit 1 if any video was skipped
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,7 @@ class VideoResult:
     columns: dict[str, np.ndarray] | None  # None when skipped
     reason: str = ""
     decode_s: float = 0.0
+    node: str = ""  # the Slurm node (or host) whose Ray worker decoded it
 
 
 def read_split_lists(splits_dir: str | os.PathLike, split: int, classes: Sequence[str], videos_dir: str | os.PathLike) -> list[Video]:
@@ -114,14 +137,14 @@ def process_video(video: Video, settings: Settings) -> VideoResult:
         clips = decode_clips(video.path, settings.window_s, settings.clips_per_video, settings.crop, settings.size, settings.timeout_s)
     except MediaError as e:
         reason = str(e).removeprefix(f"{video.path}: ")
-        return VideoResult(video, None, reason, time.perf_counter() - start)
+        return VideoResult(video, None, reason, time.perf_counter() - start, node_name())
     except Exception as e:  # a bug or an odd file must not end the whole run; it is reported like a bad file
-        return VideoResult(video, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+        return VideoResult(video, None, f"{type(e).__name__}: {e}", time.perf_counter() - start, node_name())
     columns = clip_columns(clips, video.label, video.split, video.video_id, video.group, video.path)
-    return VideoResult(video, columns, "", time.perf_counter() - start)
+    return VideoResult(video, columns, "", time.perf_counter() - start, node_name())
 
 
-def shard_attrs(args: argparse.Namespace, settings: Settings, classes: Sequence[str]) -> dict:
+def shard_attrs(args: PreprocessConfig, settings: Settings, classes: Sequence[str]) -> dict:
     """File attrs shared by every shard of this run; a kept shard must match them (less code_version, created)."""
     return {
         "classes": list(classes),
@@ -174,7 +197,7 @@ def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int,
     `check()` is called at least every second (it raises to stop)."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=2)(process_video)
+    task = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(process_video)  # over every node
     settings_ref = ray.put(settings)
     pending = iter(videos)
     in_flight = [task.remote(v, settings_ref) for v in itertools.islice(pending, max_in_flight)]
@@ -197,17 +220,22 @@ class Summary:
     clips: int = 0
     shards_written: int = 0
     shards_kept: int = 0
+    clips_per_node: dict[str, int] = field(default_factory=dict)  # decoded by this run, per Slurm node (or host)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def read_inputs(args: argparse.Namespace) -> tuple[list[str], Settings, list[Video]]:
+def read_inputs(args: PreprocessConfig) -> tuple[list[str], Settings, list[Video]]:
     """The classes, settings and videos of a run, checked before anything is written or decoded."""
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if not classes:
         raise InputError(f"--classes {args.classes!r} names no class")
     if not Path(args.videos).is_dir():
         raise InputError(f"{args.videos}: no such directory (--videos)")
-    settings = Settings(args.window_s, args.clips_per_video, args.crop, args.size, args.timeout_s)
+    try:
+        crop = parse_crop(args.crop)
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(str(e)) from None
+    settings = Settings(args.window_s, args.clips_per_video, crop, args.size, args.timeout_s)
     videos = read_split_lists(args.splits, args.split, classes, args.videos)
     absent = [c for i, c in enumerate(classes) if not any(v.label == i for v in videos)]
     if absent:  # a class list naming a class with no clips would label the set wrongly
@@ -219,7 +247,7 @@ def read_inputs(args: argparse.Namespace) -> tuple[list[str], Settings, list[Vid
     return classes, settings, videos
 
 
-def preprocess(args: argparse.Namespace, classes: list[str], settings: Settings,
+def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings,
                videos: list[Video]) -> tuple[Summary, list[dict]]:
     """Decode and write what is not yet in OUT (whose lock the caller holds); build the index and manifest."""
     t_wall = time.perf_counter()
@@ -282,6 +310,8 @@ def preprocess(args: argparse.Namespace, classes: list[str], settings: Settings,
                     else:
                         summary.videos_kept += 1
                         summary.clips += len(result.columns["audio"])
+                        summary.clips_per_node[result.node] = (summary.clips_per_node.get(result.node, 0)
+                                                               + len(result.columns["audio"]))
                     k = shard_of[result.video.path]
                     results[k].append(result)
                     waiting[k] -= 1
@@ -349,7 +379,7 @@ class StopSignals:
 
 
 @contextlib.contextmanager
-def ray_session(args: argparse.Namespace) -> Iterator[tuple[int, StopSignals]]:
+def ray_session(args: PreprocessConfig) -> Iterator[tuple[int, StopSignals]]:
     """Ray for the run: the cluster at --address, or a local Ray with --num-cpus, which is shut down on the way
     out, SIGTERM and SIGINT included (Stopped is raised once it is down). A Ray already up is used and left
     up. Yields its CPU count and the stop signals to check."""
@@ -360,7 +390,8 @@ def ray_session(args: argparse.Namespace) -> Iterator[tuple[int, StopSignals]]:
         if args.address:
             ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
         else:
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
     try:
         with StopSignals() as stop:  # after ray.init, which sets a SIGTERM handler of its own
             yield max(1, int(ray.cluster_resources().get("CPU", 1))), stop
@@ -399,12 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", required=True, help="comma-separated class names, in label order")
     parser.add_argument("--out", required=True, help="output folder (shards/, index.h5, manifest.json, report.json)")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="UCF-101 split number")
-    parser.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local Ray)")
-    parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
+    parser.add_argument("--address", default="", help="address of a running Ray cluster (default: start a local Ray)")
+    parser.add_argument("--num-cpus", type=int, default=0, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--window-s", type=float, default=2.0, help="seconds of audio per clip")
     parser.add_argument("--clips-per-video", type=int, default=4, help="at most this many clips per video")
-    parser.add_argument("--crop", type=parse_crop, default="200x190",
-                        help="centre crop WxH in a 320x240 frame (scaled for others)")
+    parser.add_argument("--crop", default="200x190", help="centre crop WxH in a 320x240 frame (scaled for others)")
     parser.add_argument("--size", type=int, default=64, help="side of the stored crop (frame64)")
     parser.add_argument("--shard-clips", type=int, default=1024, help="at most this many clips per shard")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="ffmpeg time limit per video")
@@ -423,29 +453,50 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.Signals[str(e)].value
 
 
-def _main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for name in ("window_s", "clips_per_video", "size", "shard_clips", "timeout_s", "num_cpus"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, not {getattr(args, name)}")
-    if args.shard_clips < args.clips_per_video:
-        parser.error(f"--shard-clips ({args.shard_clips}) must be >= --clips-per-video ({args.clips_per_video})")
-    inputs = read_inputs(args)
-    with exclusive_dir(args.out, PROG, temp_dirs=("", "shards")):
-        summary, skipped = preprocess(args, *inputs)
-        out = Path(args.out)
-        write_json(out / "report.json", {"created": now_utc(), "summary": asdict(summary), "skipped": skipped})
-    print_summary(summary, skipped, out)
-    problems = [p for f in [out / "index.h5", *sorted((out / "shards").glob("clips-*.h5"))] for p in check_file(f)]
-    for p in problems:
-        print(f"spec: {p}", file=sys.stderr)
+def check_config(cfg: PreprocessConfig) -> None:
+    """Every number in range before any work; each bad value named."""
+    for name in ("window_s", "clips_per_video", "size", "shard_clips", "timeout_s"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, not {getattr(cfg, name)}")
+    if cfg.num_cpus < 0:
+        raise ConfigError(f"--num-cpus must be > 0, not {cfg.num_cpus}")
+    if cfg.split not in (1, 2, 3):
+        raise ConfigError(f"--split must be 1, 2 or 3, not {cfg.split}")
+    if cfg.shard_clips < cfg.clips_per_video:
+        raise ConfigError(f"--shard-clips ({cfg.shard_clips}) must be >= --clips-per-video ({cfg.clips_per_video})")
+    for name in ("videos", "splits", "classes", "out"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"--{name} is required")
+
+
+def run(cfg: PreprocessConfig) -> dict[str, Any]:
+    """Preprocess OUT (holding its lock), write report.json and the config beside it, check the files against
+    datasets.h5.spec; returns the report with "status" (completed, or failed with its "problems")."""
+    check_config(cfg)
+    inputs = read_inputs(cfg)
+    out = Path(cfg.out)
+    with exclusive_dir(out, PROG, temp_dirs=("", "shards")):
+        summary, skipped = preprocess(cfg, *inputs)
+        save_config(cfg, out / "config.toml")  # what made the set (hpc.launch skips the stage when it is the same)
+        report = {"created": now_utc(), "summary": asdict(summary), "skipped": skipped}
+        write_json(out / "report.json", report)
+    problems = [f"spec: {p}" for f in [out / "index.h5", *sorted((out / "shards").glob("clips-*.h5"))]
+                for p in check_file(f)]
     if summary.clips == 0:
-        print("preprocess: no usable clips", file=sys.stderr)
-        return 1
-    if problems or (args.strict and skipped):
-        return 1
-    return 0
+        problems.append("preprocess: no usable clips")
+    if cfg.strict and skipped:
+        problems.append(f"preprocess: {len(skipped)} video(s) skipped (--strict)")
+    return {"status": "failed" if problems else "completed", "out": str(out), **report, "problems": problems}
+
+
+def _main(argv: list[str]) -> int:
+    args = vars(build_parser().parse_args(argv))
+    result = run(PreprocessConfig(**{k: v for k, v in args.items() if k != "debug"}))
+    summary = Summary(**result["summary"])
+    print_summary(summary, result["skipped"], Path(result["out"]))
+    for p in result["problems"]:
+        print(p, file=sys.stderr)
+    return 1 if result["problems"] else 0
 
 
 if __name__ == "__main__":
