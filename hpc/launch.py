@@ -3,20 +3,24 @@
     python -m hpc.launch [STAGE] --partition gpu [--nodes 2] [--gpus-per-node 8] [--run-dir DIR]
                          [--config FILE.toml] [--local] [--dry-run] [--sweep FILE.toml] [--wait] [key=value ...]
 
-STAGE is one of finetune, features, pretrain, train, evaluate. Without one, the whole chain is submitted at
-once, each job depending on the one before (afterok), skipping stages whose outputs exist and are valid.
+STAGE is one of preprocess, finetune, features, pretrain, train, evaluate. Without one, the whole chain is
+submitted at once, each job depending on the one before (afterok); preprocess leads it when `videos=` and
+`splits=` are set. Before anything is submitted, each stage's plan is printed: "skip (same config)" when its
+outputs are complete and were made by the config asked for, "resume", or "run", with the reason (hpc.plan); a
+change that would mix two configs in one stage's outputs is refused in one line.
 Keys are those of `PipelineConfig` (dotted: `train.max_steps=200`, `clips=/scratch/his/ucf`); the paths
 between stages are set from the run directory, so every stage of one run reads what the one before wrote:
 
-    RUN/soundnet/   fine-tuned SoundNet (finetune)      CLIPS/features/<sha>/  features (features)
-    RUN/pretrain/   unconditional WGAN (pretrain)       RUN/train/             the conditional GAN (train)
-    RUN/eval/       results.json, results.md, figures (evaluate)
+    CLIPS/          clip set (preprocess)               CLIPS/features/<sha>/  features (features)
+    RUN/soundnet/   fine-tuned SoundNet (finetune)      RUN/pretrain/          unconditional WGAN (pretrain)
+    RUN/train/      the conditional GAN (train)         RUN/eval/              results, figures, report.html
 
 Slurm when `sbatch` is on PATH, submitit's local executor otherwise or with --local (stages then run one
 after the other on this machine). DDP stages get one task per GPU (per CPU slot on a CPU partition) and the
-torch.distributed environment from submitit's TorchDistributedEnvironment. Every job is a submitit
-Checkpointable: on preemption or time limit the stage checkpoints at the end of its current step, the job
-requeues itself, and the requeued job resumes exactly from that checkpoint.
+torch.distributed environment from submitit's TorchDistributedEnvironment; the Ray stages (preprocess,
+features) one task per node, with a Ray head on the first node and a worker on every other (hpc.ray_cluster).
+Every job is a submitit Checkpointable: on preemption or time limit the stage checkpoints at the end of its
+current step, the job requeues itself, and the requeued job resumes exactly from that checkpoint.
 """
 
 from __future__ import annotations
@@ -88,8 +92,10 @@ class StageJob(submitit.helpers.Checkpointable):
             ray_worker(rendezvous, env.job_id, cpus, gpus)
             return {"status": "completed", "ray_worker": node_name()}
         with ray_head(rendezvous, env.job_id, env.num_nodes, cpus, gpus) as address:
-            actors = max(1, int(env.num_nodes * cpus // stage_cfg.cpus_per_actor))  # fill the allocation
-            return ROW[self.stage].run(dataclasses.replace(stage_cfg, address=address, actors=actors))
+            fill = {}  # the feature actors fill the allocation
+            if hasattr(stage_cfg, "actors"):
+                fill["actors"] = max(1, int(env.num_nodes * cpus // stage_cfg.cpus_per_actor))
+            return ROW[self.stage].run(dataclasses.replace(stage_cfg, address=address, **fill))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         self.requeues += 1
@@ -272,6 +278,11 @@ def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
         missing = stage_inputs_missing(stage, cfg, chain)
         if missing:
             raise LaunchError(missing)
+        if ROW[stage].check:
+            try:
+                ROW[stage].check(ROW[stage].config(cfg))
+            except ConfigError as e:
+                raise LaunchError(f"{stage}: {e}") from None
     if args.sweep:  # every point writes a fresh out dir of its own
         todo = chain
     else:

@@ -59,7 +59,7 @@ def plan_stage(stage: str, cfg: PipelineConfig, upstream: str | None = None) -> 
     except ConfigError as e:
         changes = {"config.toml": (f"unreadable ({e})", "the config asked for")}
     else:
-        changes = config_changes(saved, config_to_dict(wanted))
+        changes = {k: v for k, v in config_changes(saved, config_to_dict(wanted)).items() if k not in row.ignored}
     blocking = {k: v for k, v in changes.items() if k not in row.resumable}
     if not changes and stage_done(stage, cfg):
         return StagePlan(stage, "skip", "outputs complete")

@@ -18,12 +18,14 @@ import his.audio.finetune
 import his.eval.stage
 import his.train
 import hpc.features
+import hpc.preprocess
 from his.audio.features import is_complete, locate_features
 from his.audio.finetune import FinetuneConfig
 from his.eval.stage import EvalConfig
 from his.train import PretrainConfig, TrainConfig, latest_checkpoint
 from his.train.config import RESUMABLE, resolve
 from hpc.features import PoolFeaturesConfig
+from hpc.preprocess import PreprocessConfig
 
 
 class LaunchError(RuntimeError):
@@ -34,6 +36,9 @@ class LaunchError(RuntimeError):
 class PipelineConfig:
     clips: str = "demo/clips"  # clip data set (hpc.preprocess output, holds index.h5)
     images: str = ""  # image set for unconditional pretraining (his.data.images); "" skips pretrain
+    videos: str = ""  # UCF-101-layout videos: set (with splits) to make `clips` first, with Ray on the allocation
+    splits: str = ""  # the split lists (trainlist0N.txt, testlist0N.txt) of `videos`
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     features: PoolFeaturesConfig = field(default_factory=PoolFeaturesConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -41,11 +46,15 @@ class PipelineConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 
-# The data sets of PipelineConfig (directories holding index.h5), and what to say when one is unset.
+# The data sets of PipelineConfig (directories), what to say when one is unset, and the file in it that a stage
+# reading it needs ("" for the directory itself).
 DATA_SETS = {
-    "clips": "clip set (set clips=DIR, made by python -m hpc.preprocess)",
+    "clips": "clip set (set clips=DIR, made by python -m hpc.preprocess or the preprocess stage)",
     "images": "image set (set images=DIR, made by python -m his.data.images)",
+    "videos": "videos (set videos=DIR, UCF-101 layout: Class/v_Class_gGG_cCC.avi)",
+    "splits": "split lists (set splits=DIR, holding trainlist0N.txt and testlist0N.txt)",
 }
+DATA_SET_MARKER = {"clips": "index.h5", "images": "index.h5", "videos": "", "splits": ""}
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,10 @@ class Stage:
     outputs  files under `out` that say it is done (a summary.json must also say completed)
     done     the done check instead of `outputs`
     at_start its config completed with the inputs found as it starts
+    makes    the data set the stage writes (its config's `out` is that data set), "" for none
+    check    its config's own checks, made before anything is submitted
     resolve  the stage's own resolution of its config (defaults it fills in), as its saved config.toml holds it
+    ignored  fields that say how the stage runs, not what it makes: a change in them alone never reruns it
     resumable  the fields a resumed stage may change (empty: the stage does not resume, it starts over)
     on_change  when its config changed in another field: "refuse" for a stage whose outputs later stages
              build on (they would mix two configs), "rerun" for one that is cheap to redo
@@ -88,7 +100,10 @@ class Stage:
     outputs: tuple[str, ...] = ()
     done: Callable[[PipelineConfig], bool] | None = None
     at_start: Callable[[PipelineConfig], Any] | None = None
+    makes: str = ""
+    check: Callable[[Any], None] | None = None
     resolve: Callable[[Any], Any] | None = None
+    ignored: frozenset[str] = frozenset({"device"})
     resumable: frozenset[str] = frozenset()
     on_change: Literal["refuse", "rerun"] = "refuse"
 
@@ -134,6 +149,10 @@ FINETUNED = "soundnet_finetuned.pt"
 
 # In chain order: every stage comes after the stages it reads from.
 STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("preprocess", hpc.preprocess.run, "ray",  # writes the clip set, CLIPS/
+          inputs=(Input("videos", "videos"), Input("splits", "splits")),
+          outputs=("index.h5", "report.json"), makes="clips", check=hpc.preprocess.check_config,
+          ignored=frozenset({"address", "num_cpus", "timeout_s", "strict"})),
     Stage("finetune", his.audio.finetune.run, "ddp",
           inputs=(Input("data", "clips"),),
           out="soundnet", outputs=("summary.json", FINETUNED)),
@@ -158,11 +177,13 @@ ROW = {s.name: s for s in STAGE_TABLE}
 def wire(cfg: PipelineConfig, run_dir: Path) -> PipelineConfig:
     """Set every path that joins two stages from the run directory and the data sets."""
     run_dir = run_dir.resolve()
-    images = str(Path(cfg.images).resolve()) if cfg.images else ""
-    cfg = dataclasses.replace(cfg, clips=str(Path(cfg.clips).resolve()), images=images)
+    cfg = dataclasses.replace(cfg, **{name: str(Path(getattr(cfg, name)).resolve()) if getattr(cfg, name) else ""
+                                      for name in DATA_SETS})
     stages = {}
     for row in STAGE_TABLE:
         paths = {"out": str(run_dir / row.out)} if row.out else {}
+        if row.makes:
+            paths["out"] = getattr(cfg, row.makes)
         for i in row.inputs:
             if i.field and not i.at_start:
                 paths[i.field] = (getattr(cfg, i.source) if i.source in DATA_SETS
@@ -206,7 +227,7 @@ def _needs(row: Stage, cfg: PipelineConfig) -> Iterator[tuple[str, Path | None]]
         given = getattr(stage_cfg, i.field) if i.field else ""
         if i.source in DATA_SETS:
             data = getattr(cfg, i.source)
-            yield i.source, Path(data) / "index.h5" if data else None
+            yield i.source, Path(data) / DATA_SET_MARKER[i.source] if data else None
         elif i.at_start and given:
             yield "", Path(given)
         elif i.at_start:
@@ -224,10 +245,12 @@ def full_chain(cfg: PipelineConfig) -> list[str]:
 def stage_inputs_missing(stage: str, cfg: PipelineConfig, chain: list[str]) -> str | None:
     """What the stage needs that neither exists nor is made earlier in this chain, as one line, or None."""
     before = chain[: chain.index(stage)]
+    made_before = {ROW[s].makes for s in before if ROW[s].makes} | set(before)
     for source, path in _needs(ROW[stage], cfg):
         if path is None:
             return f"{stage}: no {DATA_SETS[source]}"
-        if not path.exists() and source not in before:
-            hint = f" (made by stage {source})" if source in ROW else ""
+        if not path.exists() and source not in made_before:
+            maker = source if source in ROW else next((r.name for r in STAGE_TABLE if source and r.makes == source), "")
+            hint = f" (made by stage {maker})" if maker else ""
             return f"{stage}: missing input {path}{hint}"
     return None

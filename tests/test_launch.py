@@ -133,7 +133,14 @@ def test_inputs_made_earlier_in_the_chain_need_not_exist_yet(tmp_path):
     chain = full_chain(cfg)
     assert chain == ["finetune", "features", "train", "evaluate"]  # no image set: no pretrain
     clips_index = Path(cfg.clips) / "index.h5"
-    assert stage_inputs_missing("finetune", cfg, chain) == f"finetune: missing input {clips_index}"
+    assert stage_inputs_missing("finetune", cfg, chain) == \
+        f"finetune: missing input {clips_index} (made by stage preprocess)"
+    with_videos = wired(tmp_path, videos="videos", splits="lists")  # the chain then makes the clip set first
+    assert full_chain(with_videos) == ["preprocess", *chain]
+    assert with_videos.preprocess.out == with_videos.clips and with_videos.preprocess.videos == str(Path("videos").resolve())
+    assert stage_inputs_missing("finetune", with_videos, full_chain(with_videos)) is None
+    assert stage_inputs_missing("preprocess", with_videos, ["preprocess"]) == \
+        f"preprocess: missing input {Path('videos').resolve()}"
     write(clips_index)
     assert all(stage_inputs_missing(s, cfg, chain) is None for s in chain)
     assert stage_inputs_missing("features", cfg, ["features"]) == \

@@ -103,3 +103,22 @@ def test_a_cancelled_two_node_ray_job_leaves_no_ray_behind(tiny_pipeline_data, f
     assert ray_processes(str(job.job_id))
     subprocess.run(["scancel", str(job.job_id)], check=True, timeout=30)
     assert gone(str(job.job_id), 60), ray_processes(str(job.job_id))
+
+
+@pytest.mark.slurm
+def test_preprocess_on_two_nodes_decodes_on_both_and_a_second_launch_skips_it(tiny_pipeline_data, tmp_path):
+    data = tiny_pipeline_data["root"] / "data"
+    common = ["preprocess", "--partition", "cpu", "--nodes", "2", "--cpus-per-task", "1", "--time", "00:20:00",
+              "--run-dir", str(tmp_path / "run"), f"clips={tmp_path / 'clips'}", f"videos={data / 'UCF-101'}",
+              f"splits={data / 'ucfTrainTestlist'}", "preprocess.classes=PlayingCello,PlayingDhol,PlayingSitar",
+              "preprocess.shard_clips=8"]
+    out = hpc_launch(*common, "--wait")
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_id = out.stdout.split("preprocess: job ")[1].split()[0]
+    report = json.loads((tmp_path / "clips" / "report.json").read_text())
+    per_node = report["summary"]["clips_per_node"]
+    assert sorted(per_node) == ["n1", "n2"], per_node  # both nodes decoded videos
+    assert sum(per_node.values()) == report["summary"]["clips"]
+    assert gone(job_id)
+    again = hpc_launch(*common)
+    assert "preprocess: skip (same config): outputs complete" in again.stdout and "nothing to do" in again.stdout
