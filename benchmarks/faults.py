@@ -4,9 +4,9 @@ and its local Ray, killed as one process group) and his.train (resumed from its 
     python -m benchmarks.faults [--kills 10] [--seed 0] [--json benchmarks/faults.json]
 
 Each stage: one clean run, timed (and when its first output appeared: the first shard, or the training's
-config.toml); then `--kills` times: a run into a fresh directory, killed at a uniformly random time between
-those two instants (one that finished first is let be), and a rerun there to the end, compared with the clean
-run: every dataset of the index and of each shard, and the manifest's shard list (preprocess); the weights
+config.toml); then `--kills` times: a run into a fresh directory, killed once its own first output exists
+after a uniformly random delay of up to the clean run's time from that output to its end (one that finished
+first is let be), and a rerun there to the end, compared with the clean run: every dataset of the index and of each shard, and the manifest's shard list (preprocess); the weights
 digest and step of summary.json (train). tests/test_faults.py runs the same trials, fewer kills.
 """
 
@@ -109,22 +109,24 @@ def timed_run(cmd: Sequence[str], marker: Path, timeout: float = 600) -> tuple[f
     return total, total if seen is None else seen
 
 
-def kill_then_rerun(cmd: Sequence[str], window: tuple[float, float], rng: random.Random, first: Path, last: Path,
+def kill_then_rerun(cmd: Sequence[str], span: float, rng: random.Random, first: Path, last: Path,
                     timeout: float = 600) -> tuple[float, bool]:
-    """Run `cmd`, kill -9 it (its whole session) at a random time in `window` (seconds after its start), then
-    run it again to the end, which must succeed. Returns the kill time (0 where the run ended before it) and
-    whether the kill landed mid-run: once `first` existed and before `last` did."""
-    at = rng.uniform(*window)
+    """Run `cmd`; once its `first` output exists, kill -9 it (its whole session) after a random delay of up to
+    `span` seconds; then run it again to the end, which must succeed. Returns the kill time (seconds after the
+    start; 0 where the run ended before it) and whether the kill landed mid-run: before `last` existed."""
+    start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        proc.wait(timeout=at)
+        while proc.poll() is None and not first.exists() and time.monotonic() - start < timeout:
+            time.sleep(0.01)
+        proc.wait(timeout=rng.uniform(0, span))
         at = 0.0
     except subprocess.TimeoutExpired:
-        pass
+        at = time.monotonic() - start
     finally:
         _kill_group(proc)
-    mid_run = first.exists() and not last.exists()
+    mid_run = at > 0 and not last.exists()
     rerun = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
     if rerun.returncode != 0:
         raise RuntimeError(f"rerun of {' '.join(cmd[:3])} failed ({rerun.returncode}): {rerun.stderr[-2000:]}")
@@ -148,7 +150,7 @@ def preprocess_trial(work: Path, videos: Path, splits: Path, classes: Sequence[s
     trial = Trial("hpc.preprocess", round(total, 2), [], [], [])
     for i in range(kills):
         killed = work / f"preprocess-killed-{i}"
-        at, mid_run = kill_then_rerun(preprocess_command(videos, splits, classes, killed, *extra), (first, total),
+        at, mid_run = kill_then_rerun(preprocess_command(videos, splits, classes, killed, *extra), total - first,
                                       rng, killed / "shards" / "clips-00000.h5", killed / "report.json")
         trial.kills.append(at)
         trial.mid_run.append(mid_run)
@@ -163,7 +165,7 @@ def train_trial(work: Path, clips: Path, features: Path, kills: int, rng: random
     trial = Trial("his.train", round(total, 2), [], [], [])
     for i in range(kills):
         killed = work / f"train-killed-{i}"
-        at, mid_run = kill_then_rerun(train_command(clips, features, killed, *overrides), (first, total), rng,
+        at, mid_run = kill_then_rerun(train_command(clips, features, killed, *overrides), total - first, rng,
                                       killed / "config.toml", killed / "summary.json")
         trial.kills.append(at)
         trial.mid_run.append(mid_run)
