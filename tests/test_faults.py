@@ -259,7 +259,7 @@ def test_preprocess_killed_at_random_points_then_rerun_equals_a_clean_run(ws, tm
 
 
 def test_training_killed_at_random_points_then_rerun_equals_a_clean_run(ws, tmp_path):
-    overrides = [f"cond_dim={D}", *TINY, "max_steps=16", "ckpt_every=3"]
+    overrides = [f"cond_dim={D}", *TINY, "max_steps=40", "ckpt_every=5"]  # steps outlast the exit
     trial = train_trial(tmp_path, ws.clips, ws.feats, kills=2, rng=random.Random(12), overrides=overrides)
     assert trial.lost == 0 and any(trial.mid_run), trial
     assert not list(tmp_path.rglob(".*.tmp"))
