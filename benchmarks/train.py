@@ -17,10 +17,9 @@ import platform
 import tempfile
 from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 
+from his.data.small_sets import DataSets
 from his.models import Critic, SimpleGenerator, count_flops_per_image
 from his.train import TrainConfig, run
 from his.train.config import OBJECTIVE_DEFAULTS
@@ -35,18 +34,13 @@ VARIANTS = {
 
 
 def make_clip_set(root: Path, n: int, dim: int = 1024, classes: int = 3, seed: int = 0) -> tuple[Path, Path]:
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % classes).astype(np.int16)
-    root.mkdir(parents=True, exist_ok=True)
-    with h5py.File(root / "index.h5", "w") as f:
-        f["frame88"] = rng.integers(0, 256, (n, 66, 88, 3), dtype=np.uint8)
-        f["label"], f["split"] = labels, (np.arange(n) % 10 == 0).astype(np.uint8)
-        f.attrs["classes"] = [f"class{c}" for c in range(classes)]
-    features = root / "features" / "000000000000"
-    features.mkdir(parents=True, exist_ok=True)
-    with h5py.File(features / "index.h5", "w") as f:  # what load_features reads; a benchmark needs no shards
-        f["feature"] = rng.normal(size=(n, dim)).astype(np.float32)
-    return root, features
+    """A clip set of about `n` rows (`classes` classes, 8 clips per group, one test group per class) and its
+    `dim`-d feature set, written through the project's writers (manifest included), as readers expect."""
+    sets = DataSets(lambda name: Path(tempfile.mkdtemp(prefix=name, dir=root)))
+    names = [f"class{c}" for c in range(classes)]
+    clips = sets.clips(root / "clips", names, groups_per_class=max(2, n // (classes * 8)), clips_per_group=8,
+                       window_s=0.1, shard_clips=256, seed=seed)
+    return clips, sets.features(clips, dim=dim, seed=seed)
 
 
 def flops_per_generator_step(objective: str, batch: int, flops: dict[str, float]) -> float:
@@ -84,7 +78,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        clips, features = make_clip_set(Path(tmp) / "clips", args.clips)
+        clips, features = make_clip_set(Path(tmp), args.clips)
         for objective in args.objectives.split(","):
             for variant in args.variants.split(","):
                 cfg = TrainConfig(clips=str(clips), features=str(features), frames="frame88",

@@ -348,7 +348,7 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
 
 
 def write_run_inputs(datasets, root, data: EvalData) -> tuple[str, str]:
-    """A clip set + feature set (conftest.DataSets) of the hand-made frames, and a his.synth attributes.json."""
+    """A clip set + feature set (his.data.small_sets.DataSets) of the hand-made frames, and a his.synth attributes.json."""
     frames = np.concatenate([data.train_frames, data.test_frames])
     labels = np.concatenate([data.train_labels, data.test_labels])
     split = np.repeat([0, 1], [len(data.train_frames), len(data.test_frames)])

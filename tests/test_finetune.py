@@ -1,4 +1,4 @@
-"""Fine-tuning SoundNet-8 on a tiny clip data set (conftest.DataSets: sounds that tell the classes apart)."""
+"""Fine-tuning SoundNet-8 on a tiny clip data set (his.data.small_sets.DataSets: sounds that tell the classes apart)."""
 
 import os
 import socket
@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from his.audio.finetune import FinetuneConfig, augment, load_checkpoint, run
 from his.data.dataset import validation_mask
 
-SOUNDS = ("Hum", "Whistle", "Noise")  # conftest.DataSets.class_sound: a low hum, a high whistle, noise bursts
+SOUNDS = ("Hum", "Whistle", "Noise")  # his.data.small_sets.DataSets.class_sound: a low hum, a high whistle, noise bursts
 
 
 def test_validation_is_split_by_group():

@@ -106,7 +106,7 @@ def test_unknown_kind_is_refused(tmp_path):
 
 
 def test_the_tests_data_sets_conform(datasets, tmp_path):
-    """conftest.DataSets writes through the real writers: every file it makes passes the checker."""
+    """his.data.small_sets.DataSets writes through the real writers: every file it makes passes the checker."""
     clips = datasets.clips(tmp_path / "clips", shard_clips=7)
     given = datasets.clips(tmp_path / "given", ["A", "B"], label=[0, 1, 1], split=[0, 0, 1], window_s=0.1)
     features = datasets.features(clips)

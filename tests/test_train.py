@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def make_clips(datasets, root: Path | None) -> Path:
     """A clip set (6 groups of 2 clips per class, the last group of each the test split) and its feature set
-    (conftest.DataSets): frames and features depend on the class."""
+    (his.data.small_sets.DataSets): frames and features depend on the class."""
     root = datasets.clips(root, CLASSES, groups_per_class=6, clips_per_group=2, test_groups=1, window_s=0.1)
     datasets.features(root, dim=D, sha256=FEATURE_SHA256)
     return root
