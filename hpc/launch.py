@@ -261,8 +261,9 @@ def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
             if not args.dry_run:
                 raise
             print(f"hpc.launch: dry run: partition {res.partition or '(default)'} not checked: {e}")
-    elif cluster == "slurm":
-        print(f"hpc.launch: dry run: partition {res.partition or '(default)'} not checked: no sinfo on PATH")
+    elif cluster == "slurm":  # sbatch without sinfo, or a dry run on a machine with neither
+        print(f"hpc.launch: {'dry run: ' if args.dry_run else ''}partition {res.partition or '(default)'} "
+              "not checked: no sinfo on PATH")
     elif cluster == "local":  # the local executor runs every task on this machine
         gpus = res.gpus_per_node
         if args.gpus_per_node is None:
