@@ -12,6 +12,8 @@ import cloudpickle
 import pytest
 import submitit
 
+from his.io import atomic_path
+
 pytestmark = pytest.mark.slurm
 
 # The job side cannot import this test module (pytest put tests/ on sys.path, not the job): ship its
@@ -113,7 +115,8 @@ class Counter(submitit.helpers.Checkpointable):
             f.write(f"{time.time()} {done}\n")
         for step in range(done + 1, steps + 1):
             time.sleep(0.25)
-            progress.write_text(str(step))
+            with atomic_path(progress) as tmp:  # a kill between truncate and write must not leave it empty
+                tmp.write_text(str(step))
         return done
 
 
