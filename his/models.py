@@ -5,6 +5,9 @@
 - `SimpleGenerator` (fig 4b): the same without the residual blocks. With `cond_dim=0` it is the
   unconditional WGAN generator pretrained on PPMI; the layer names are shared, so its weights load into the
   conditional one wherever the shapes agree (everything but the first transposed convolution).
+- `ResNetGenerator` (not in the report): the SN-GAN / BigGAN generator, residual blocks that upsample by nearest
+  neighbour and a 3x3 convolution (no transposed-convolution checkerboard), the sound entering every block
+  through conditional batch norm.
 - `Critic` (fig 4c): strided convolutions 64x64 -> ndf*8 x 4x4, the condition projected to proj_dim and
   replicated over 4x4, concatenated, a 1x1 and a 4x4 convolution to one scalar (a logit for GAN-CLS).
 - `ProjectionCritic` (not in the report): the projection discriminator of Miyato & Koyama (2018), the
@@ -105,6 +108,88 @@ class ResidualGenerator(SimpleGenerator):
     """Fig 4a: SimpleGenerator with residual blocks after the 4x4 and 8x8 layers (Reed et al.)."""
 
     residual = True
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are linear in the condition embedding e: x_hat * (1 + W_g e) + W_b e.
+
+    Conditional batch norm (de Vries et al. 2017, "Modulating early visual processing by language"), the way
+    SN-GAN's and BigGAN's generators take the class (Miyato & Koyama 2018; Brock et al. 2019, whose shared
+    embedding feeds every block). W_g and W_b start at zero, so an untrained block is plain batch norm, and with
+    emb_dim=0 (the unconditional generator) it is plain batch norm with the same parameter names: its weights
+    warm-start the conditional one, and only gain.* / shift.* start fresh.
+    """
+
+    def __init__(self, channels: int, emb_dim: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.gain = nn.Linear(emb_dim, channels, bias=False) if emb_dim > 0 else None
+        self.shift = nn.Linear(emb_dim, channels, bias=False) if emb_dim > 0 else None
+
+    def zero_condition_layers(self) -> None:
+        if self.gain is not None:
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        x = self.bn(x)
+        if self.gain is None:
+            return x
+        return x * (1 + self.gain(emb)[:, :, None, None]) + self.shift(emb)[:, :, None, None]
+
+
+class UpBlock(nn.Module):
+    """BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus up-conv1x1 of the input (SN-GAN's generator block), 2x larger."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = ConditionalBatchNorm(cin, emb_dim), ConditionalBatchNorm(cout, emb_dim)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        up = lambda t: nn.functional.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
+        h = self.conv1(up(torch.relu(self.norm1(x, emb))))
+        h = self.conv2(torch.relu(self.norm2(h, emb)))
+        return h + self.skip(up(x))
+
+
+class ResNetGenerator(nn.Module):
+    """z and the projected sound -> linear -> ngf*8 x 4x4 -> four UpBlocks (8, 16, 32, 64) -> BN-ReLU-conv3x3-tanh.
+
+    The sound's projection e (proj_dim, ConditionProjection) is concatenated with z at the input, as in the
+    report's generators, and also modulates every block's batch norm (ConditionalBatchNorm), so what the
+    sound says reaches each resolution directly instead of only through the 4x4 input. With cond_dim=0 it is
+    the unconditional generator for pretraining; its weights load into the conditional one wherever the shapes
+    agree (all but the input layer and the conditional norms' gain/shift).
+    """
+
+    residual = True
+
+    def __init__(self, cond_dim: int = 1024, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128) -> None:
+        super().__init__()
+        self.cond_dim, self.z_dim = cond_dim, z_dim
+        self.project = ConditionProjection(cond_dim, proj_dim) if cond_dim > 0 else None
+        emb = proj_dim if cond_dim > 0 else 0
+        self.ngf = ngf
+        self.input = nn.Linear(z_dim + emb, ngf * 8 * 16)
+        widths = [ngf * 8, ngf * 4, ngf * 2, ngf, ngf]
+        self.blocks = nn.ModuleList(UpBlock(a, b, emb) for a, b in zip(widths, widths[1:]))
+        self.out_norm = nn.BatchNorm2d(ngf)
+        self.to_rgb = nn.Conv2d(ngf, 3, 3, padding=1)
+        init_weights(self)
+        for m in self.modules():
+            if isinstance(m, ConditionalBatchNorm):
+                m.zero_condition_layers()
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        emb = None if self.project is None else self.project(cond).to(z.dtype)
+        h = z if emb is None else torch.cat([z, emb], dim=1)
+        x = self.input(h).view(-1, self.ngf * 8, 4, 4)
+        for block in self.blocks:
+            x = block(x, emb)
+        return torch.tanh(self.to_rgb(torch.relu(self.out_norm(x))))
 
 
 class Critic(nn.Module):
@@ -255,8 +340,12 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int) -> SimpleGenerator:
-    classes = {"simple": SimpleGenerator, "residual": ResidualGenerator}
+GENERATORS = ("simple", "residual", "resnet")
+
+
+def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int) -> SimpleGenerator | ResNetGenerator:
+    """"simple" (fig 4b), "residual" (fig 4a), "resnet" (ResNetGenerator: SN-GAN/BigGAN-style, conditional BN)."""
+    classes = {"simple": SimpleGenerator, "residual": ResidualGenerator, "resnet": ResNetGenerator}
     if kind not in classes:
         raise ValueError(f"generator must be one of {sorted(classes)}, got {kind!r}")
     return classes[kind](cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)

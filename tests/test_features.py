@@ -48,6 +48,14 @@ def test_features_pretrained_then_finetuned(datasets, tmp_path):
     assert again["extracted_shards"] == 0 and again["skipped_shards"] == 3
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
 
+    # Raw files are kept per layer: one of another layer in the directory (as an older layout left them) is not
+    # taken for this layer's when the set is indexed again.
+    for job in sorted((out / "raw" / "conv7").glob("*.npy")):
+        np.save(out / "raw" / job.name, np.zeros((len(np.load(job)), 384), np.float32))
+    (out / "index.h5").unlink()
+    rebuilt = run(cfg)
+    assert rebuilt["extracted_shards"] == 0 and rebuilt["dim"] == 1024
+
     # A fine-tuned checkpoint gets its own feature set, from its own layer.
     tuned = finetune(FinetuneConfig(data=str(index.parent), out=str(tmp_path / "run"), train_layers="head",
                                     epochs=1, batch_size=4, layer="conv6"))

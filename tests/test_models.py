@@ -3,9 +3,11 @@ import torch
 from torch import nn
 
 from his.models import (
+    ConditionalBatchNorm,
     Critic,
     ProjectionCritic,
     ResidualGenerator,
+    ResNetGenerator,
     SimpleGenerator,
     build_critic,
     build_generator,
@@ -17,7 +19,7 @@ from his.models import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("cls", [SimpleGenerator, ResidualGenerator])
+@pytest.mark.parametrize("cls", [SimpleGenerator, ResidualGenerator, ResNetGenerator])
 def test_generators_draw_64x64_images_in_tanh_range(cls):
     g = cls(cond_dim=16, z_dim=10, ngf=8, proj_dim=12)
     x = g(torch.randn(4, 10), torch.randn(4, 16))
@@ -38,6 +40,42 @@ def test_unconditional_generator_shares_names_and_differs_only_in_the_input_laye
     assert SimpleGenerator(cond_dim=0, z_dim=10, ngf=8)(torch.randn(2, 10)).shape == (2, 3, 64, 64)
     differing = {k for k in cond if k not in uncond or uncond[k].shape != cond[k].shape}
     assert differing == {"project.linear.weight", "project.linear.bias", "up1.0.weight"}
+
+
+def test_conditional_batch_norm_is_batch_norm_scaled_and_shifted_linearly_in_the_embedding():
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm(channels=3, emb_dim=2)
+    x, emb = torch.randn(4, 3, 5, 5), torch.randn(4, 2)
+    plain = nn.BatchNorm2d(3)
+    cbn.zero_condition_layers()
+    torch.testing.assert_close(cbn(x, emb), plain(x))  # untrained: exactly batch norm
+    g, b = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [3.0, 0.0], [0.0, 0.0]])
+    with torch.no_grad():
+        cbn.gain.weight.copy_(g)
+        cbn.shift.weight.copy_(b)
+    x_hat = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / torch.sqrt(x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+    want = x_hat * (1 + emb @ g.T)[:, :, None, None] + (emb @ b.T)[:, :, None, None]
+    torch.testing.assert_close(cbn(x, emb), want, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_generator_takes_the_sound_at_every_block_and_warm_starts_from_the_unconditional_one():
+    torch.manual_seed(0)
+    g = ResNetGenerator(cond_dim=16, z_dim=10, ngf=8, proj_dim=12).eval()
+    z = torch.randn(1, 10).expand(3, -1)
+    assert not torch.allclose(g(z, torch.randn(3, 16))[0], g(z, torch.randn(3, 16))[1])
+    with torch.no_grad():  # every block's norm reads the sound: zero the input's sound columns, it still matters
+        g.input.weight[:, 10:] = 0
+        for block in g.blocks:
+            torch.nn.init.normal_(block.norm1.gain.weight, 0, 0.5)
+    c = torch.randn(2, 16)
+    assert not torch.allclose(g(z[:2], c)[0], g(z[:2], c.flip(0))[0])
+    uncond = ResNetGenerator(cond_dim=0, z_dim=10, ngf=8).state_dict()
+    cond = g.state_dict()
+    assert set(uncond) < set(cond)
+    assert ResNetGenerator(cond_dim=0, z_dim=10, ngf=8)(torch.randn(2, 10)).shape == (2, 3, 64, 64)
+    differing = {k for k in cond if k not in uncond or uncond[k].shape != cond[k].shape}
+    assert {k.split(".")[0] for k in differing} == {"project", "input", "blocks"}
+    assert {k.rsplit(".", 2)[-2] for k in differing if k.startswith("blocks")} == {"gain", "shift"}
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer", "none"])

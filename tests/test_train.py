@@ -228,18 +228,28 @@ def test_tensorboard_events_hold_scalars_and_sample_images(clips, tmp_path):
     assert any(tag.startswith("generator/") for tag in acc.Tags()["histograms"])
 
 
-def test_pretrain_then_warm_start_loads_exactly_the_matching_tensors(clips, datasets, tmp_path):
+_RESNET_SOUND_NORMS = {f"blocks.{b}.norm{n}.{w}.weight" for b in range(4) for n in (1, 2) for w in ("gain", "shift")}
+WARM_STARTS = {  # objective: the tensors of (generator, critic) that start fresh, the input layer and the sound path
+    "wgan": ({"project.linear.weight", "project.linear.bias", "up1.0.weight"},
+             {"project.linear.weight", "project.linear.bias", "joint.0.weight"}),
+    "hinge": ({"project.linear.weight", "project.linear.bias", "input.weight", *_RESNET_SOUND_NORMS},
+              {"embed.parametrizations.weight.original", "embed.parametrizations.weight.0._u",
+               "embed.parametrizations.weight.0._v"}),
+}
+
+
+@pytest.mark.parametrize("objective", WARM_STARTS)
+def test_pretrain_then_warm_start_loads_exactly_the_matching_tensors(clips, datasets, tmp_path, objective):
     images = datasets.images(tmp_path / "images", n=24)
-    pre = run(PretrainConfig(images=str(images), out=str(tmp_path / "pre"), ngf=8, ndf=8, z_dim=8,
-                             batch_size=8, max_steps=2, warmup_gen_steps=0, n_critic=1, log_every=1))
+    pre = run(PretrainConfig(images=str(images), out=str(tmp_path / "pre"), objective=objective, ngf=8, ndf=8,
+                             z_dim=8, batch_size=8, max_steps=2, warmup_gen_steps=0, n_critic=1, log_every=1))
     assert pre["status"] == "completed"
     out = tmp_path / "warm"
-    run(tiny(clips, out, objective="wgan", max_steps=0, epochs=0, init_from=pre["checkpoint"]))
+    run(tiny(clips, out, objective=objective, max_steps=0, epochs=0, init_from=pre["checkpoint"]))
     import json
 
     report = json.loads((out / "warm_start.json").read_text())
-    fresh_g = {"project.linear.weight", "project.linear.bias", "up1.0.weight"}  # the input layer and the sound path
-    fresh_d = {"project.linear.weight", "project.linear.bias", "joint.0.weight"}
+    fresh_g, fresh_d = WARM_STARTS[objective]
     assert set(report["generator"]["fresh"]) == fresh_g
     assert set(report["critic"]["fresh"]) == fresh_d
     pretrained = load_checkpoint(pre["checkpoint"])

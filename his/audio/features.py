@@ -150,7 +150,9 @@ def clip_shards(index_path: Path) -> list[tuple[Path, int]]:
 def plan(cfg: FeaturesConfig) -> tuple[Path, str, str, list[ShardJob]]:
     """(features directory, checkpoint path, sha256, one job per clip shard)."""
     out, checkpoint, sha = locate_features(cfg)
-    jobs = [ShardJob(str(shard), str(out / "raw" / (shard.stem + ".npy")), rows)
+    # raw/<layer>/: a raw file left by an extraction of another layer into this directory is never taken for this one
+    raw = out / "raw" / feature_layer(cfg.checkpoint, cfg.layer)
+    jobs = [ShardJob(str(shard), str(raw / (shard.stem + ".npy")), rows)
             for shard, rows in clip_shards(Path(cfg.data) / "index.h5")]
     return out, checkpoint, sha, jobs
 
@@ -267,7 +269,8 @@ def summary_if_complete(features_dir: Path, sha: str, jobs: list[ShardJob]) -> d
 
 def hold(features_dir: Path, what: str) -> contextlib.AbstractContextManager[Path]:
     """The features directory held by one writer, `what`, its stale temporary files (and raw/'s) removed."""
-    return exclusive_dir(features_dir, what, temp_dirs=("", "raw"))
+    layers = [str(p.relative_to(features_dir)) for p in (features_dir / "raw").glob("*") if p.is_dir()]
+    return exclusive_dir(features_dir, what, temp_dirs=("", "raw", *layers))
 
 
 def run(cfg: FeaturesConfig) -> dict:

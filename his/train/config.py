@@ -9,18 +9,21 @@ from dataclasses import dataclass, field
 from his.config import ConfigError
 from his.augment import POLICIES, parse_policy
 from his.losses import OBJECTIVES
-from his.models import CRITICS, NORMS
+from his.models import CRITICS, GENERATORS, NORMS
 
-# Per objective: optimiser, lr, betas (Adam), critic steps per generator step, the critic and its normalisation.
-# hinge: the projection discriminator with spectral norm (Miyato & Koyama 2018) and SN-GAN's Adam settings.
+# Per objective: optimiser, lr, betas (Adam), critic steps per generator step, the generator, the critic and its
+# normalisation. The report's three keep its generator (fig 4b) and critic (fig 4c). hinge: the projection
+# discriminator with spectral norm (Miyato & Koyama 2018), SN-GAN's Adam settings and its ResNet generator with
+# the sound in every block's batch norm (his.models.ResNetGenerator).
 # DiffAugment without "color": brightness is what loudness looks like in our scenes, a critic blind to it would
 # let the generator ignore it. The EMA of G (with warm-up) is what samples, evaluation and his.generate use.
-_REPORT_CRITIC = dict(critic="concat", spectral_norm=False, diffaugment="", ema_decay=0.0)
+_REPORT_NETWORKS = dict(generator="simple", critic="concat", spectral_norm=False, diffaugment="", ema_decay=0.0)
 OBJECTIVE_DEFAULTS = {
-    "gan-cls": dict(optimizer="adam", lr=2e-4, betas=[0.5, 0.999], n_critic=1, critic_norm="batch", **_REPORT_CRITIC),
-    "wgan": dict(optimizer="rmsprop", lr=5e-5, betas=[0.5, 0.999], n_critic=5, critic_norm="batch", **_REPORT_CRITIC),
-    "wgan-gp": dict(optimizer="adam", lr=1e-4, betas=[0.0, 0.9], n_critic=5, critic_norm="layer", **_REPORT_CRITIC),
+    "gan-cls": dict(optimizer="adam", lr=2e-4, betas=[0.5, 0.999], n_critic=1, critic_norm="batch", **_REPORT_NETWORKS),
+    "wgan": dict(optimizer="rmsprop", lr=5e-5, betas=[0.5, 0.999], n_critic=5, critic_norm="batch", **_REPORT_NETWORKS),
+    "wgan-gp": dict(optimizer="adam", lr=1e-4, betas=[0.0, 0.9], n_critic=5, critic_norm="layer", **_REPORT_NETWORKS),
     "hinge": dict(optimizer="adam", lr=2e-4, betas=[0.0, 0.9], n_critic=2, critic_norm="none", critic="projection",
+                  generator="resnet",
                   spectral_norm=True, diffaugment="translation,cutout", ema_decay=0.999),
 }
 
@@ -35,7 +38,7 @@ class GANConfig:
 
     out: str = "runs/his"
     objective: str = "wgan-gp"  # gan-cls | wgan | wgan-gp | hinge
-    generator: str = "simple"  # simple (fig 4b) | residual (fig 4a)
+    generator: str | None = None  # simple (fig 4b) | residual (fig 4a) | resnet (SN-GAN/BigGAN blocks, conditional BN)
     critic: str | None = None  # concat (fig 4c) | projection (Miyato & Koyama 2018)
     critic_norm: str | None = None  # batch | layer | none
     spectral_norm: bool | None = None
@@ -135,7 +138,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
     filled = {k: v for k, v in OBJECTIVE_DEFAULTS[cfg.objective].items() if getattr(cfg, k) is None}
     cfg = dataclasses.replace(cfg, **filled)
     checks = [
-        ("generator", cfg.generator in ("simple", "residual"), "simple | residual"),
+        ("generator", cfg.generator in GENERATORS, " | ".join(GENERATORS)),
         ("critic", cfg.critic in CRITICS, " | ".join(CRITICS)),
         ("critic_norm", cfg.critic_norm in NORMS, " | ".join(NORMS)),
         ("critic_norm", not (cfg.critic == "projection" and cfg.critic_norm == "batch"), "layer or none for projection"),

@@ -30,7 +30,7 @@ from his.frames import centre_crop, to_images
 from his.grid import make_grid, save_grid
 from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
-from his.models import Critic, ProjectionCritic, SimpleGenerator, build_critic, build_generator
+from his.models import Critic, ProjectionCritic, ResNetGenerator, SimpleGenerator, build_critic, build_generator
 from his.train.checkpoint import (
     hold_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state,
     step_generator, warm_start, weights_digest,
@@ -79,7 +79,7 @@ class GAN:
     wanted); the gradient penalty calls the DDP critic eagerly: compiled double backward is not trusted.
     """
 
-    generator: SimpleGenerator
+    generator: SimpleGenerator | ResNetGenerator
     critic: Critic | ProjectionCritic
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
