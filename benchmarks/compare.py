@@ -1,13 +1,14 @@
 """Every objective on the same budget, on rooms that give the class away and rooms that do not, 3 and 10 classes.
 
     python -m benchmarks.compare --out compare [--rooms shared,per-class] [--classes 3,10]
-        [--objectives gan-cls,wgan,wgan-gp,hinge] [--steps 600] [--seed 0] [key=value ...]
+        [--variants gan-cls,wgan,wgan-gp,wgan-gp-demo,hinge,hinge-simple-g] [--steps 400] [--seed 0] [key=value ...]
 
 For each data set (rooms x classes) `make demo`'s pipeline makes the data, fine-tunes SoundNet, extracts the
-features and trains the demo's own recipe (row "demo"); then each objective trains from scratch with the same
-widths, batch and generator steps (its own optimiser defaults; DiffAugment and an EMA for hinge; wgan-gp-demo
-is the previous demo's WGAN-GP with 2 critic steps at lr 3e-4), and his.eval scores the checkpoint chosen on
-validation groups. key=value overrides apply to every variant.
+features and trains the demo's own recipe (row "demo"); then each variant trains from scratch with the same
+widths, batch and generator steps (its objective's defaults: the report's generator and critic for the report's
+three, the ResNet generator, DiffAugment and an EMA for hinge; wgan-gp-demo is the previous demo's WGAN-GP with 2
+critic steps at lr 3e-4, hinge-simple-g hinge with the report's generator), and his.eval scores the checkpoint
+chosen on validation groups. key=value overrides apply to every variant.
 
 Columns: conditional accuracy on held-out sounds (and as a fraction of the real-frame ceiling), the shuffled-
 sound control (images from another class's sound, read as the clip's own class: near 0 when images follow the
@@ -37,9 +38,10 @@ from his.train import TrainConfig, run as train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_SETS = {3: ("PlayingCello", "PlayingDhol", "PlayingSitar"), 10: ALL_CLASSES}
-RECIPES = {  # per objective, beyond its OBJECTIVE_DEFAULTS (hinge's include DiffAugment and the EMA)
-    "gan-cls": [], "wgan": [], "wgan-gp": [], "wgan-gp-demo": ["objective=wgan-gp", "n_critic=2", "lr=3e-4"],
-    "hinge": [],
+RECIPES = {  # per variant, beyond its objective's OBJECTIVE_DEFAULTS (hinge's: ResNet G, DiffAugment, the EMA)
+    "gan-cls": ["objective=gan-cls"], "wgan": ["objective=wgan"], "wgan-gp": ["objective=wgan-gp"],
+    "wgan-gp-demo": ["objective=wgan-gp", "n_critic=2", "lr=3e-4"],
+    "hinge": ["objective=hinge"], "hinge-simple-g": ["objective=hinge", "generator=simple"],
 }
 BUDGET = ["ngf=16", "ndf=16", "batch_size=32", "log_every=20", "sample_every=100000", "ckpt_every=200",
           "val_fraction=0.2", "val_every=50"]
@@ -84,7 +86,7 @@ def row_of(name: str, run_dir: Path, train_s: float | None) -> dict:
     return row
 
 
-def compare_data_set(out: Path, rooms: str, n_classes: int, objectives: list[str], steps: int, seed: int,
+def compare_data_set(out: Path, rooms: str, n_classes: int, variants: list[str], steps: int, seed: int,
                      overrides: list[str]) -> list[dict]:
     cell = out / f"{rooms}-{n_classes}"
     started = time.monotonic()
@@ -94,17 +96,17 @@ def compare_data_set(out: Path, rooms: str, n_classes: int, objectives: list[str
         sys.exit(f"compare: the demo pipeline for {cell} failed (exit {demo.returncode})")
     rows = [{**row_of("demo", cell / "run" / "train", None), "pipeline_s": round(time.monotonic() - started, 1)}]
     features = newest_features(cell / "clips")
-    for objective in objectives:
-        run_dir = cell / objective
+    for variant in variants:
+        run_dir = cell / variant
         cfg = load_config(TrainConfig, None, [f"clips={cell / 'clips'}", f"features={features}", f"out={run_dir}",
-                                              f"objective={objective.removesuffix('-demo')}", f"max_steps={steps}",
-                                              f"seed={seed}", *BUDGET, *RECIPES[objective], *overrides])
+                                              f"max_steps={steps}",
+                                              f"seed={seed}", *BUDGET, *RECIPES[variant], *overrides])
         timing = run_dir / "compare_train_s.json"  # a rerun finds the run complete: keep its first timing
         if not timing.is_file():
             started = time.monotonic()
             train(cfg)
             write_json(timing, {"train_s": round(time.monotonic() - started, 1)})
-        rows.append(row_of(objective, run_dir, json.loads(timing.read_text())["train_s"]))
+        rows.append(row_of(variant, run_dir, json.loads(timing.read_text())["train_s"]))
     for row in rows:
         row.update(rooms=rooms, classes=n_classes)
         print(f"compare: {rooms}-{n_classes} {row['variant']}: {json.dumps(row)}", flush=True)
@@ -131,20 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--rooms", default="shared,per-class")
     p.add_argument("--classes", default="3,10")
-    p.add_argument("--objectives", default=",".join(RECIPES))
+    p.add_argument("--variants", default=",".join(RECIPES))
     p.add_argument("--steps", type=int, default=400, help="generator steps per variant")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    objectives = args.objectives.split(",")
-    if unknown := sorted(set(objectives) - set(RECIPES)):
-        p.error(f"unknown objective(s) {unknown}; known: {list(RECIPES)}")
+    variants = args.variants.split(",")
+    if unknown := sorted(set(variants) - set(RECIPES)):
+        p.error(f"unknown variant(s) {unknown}; known: {list(RECIPES)}")
     rows = []
     for rooms in args.rooms.split(","):
         for n_classes in (int(n) for n in args.classes.split(",")):
             if n_classes not in CLASS_SETS:
                 p.error(f"--classes: {n_classes} is not one of {sorted(CLASS_SETS)}")
-            rows += compare_data_set(args.out, rooms, n_classes, objectives, args.steps, args.seed, args.overrides)
+            rows += compare_data_set(args.out, rooms, n_classes, variants, args.steps, args.seed, args.overrides)
             text = markdown(rows)
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "compare.md").write_text(text)
