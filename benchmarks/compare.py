@@ -13,7 +13,7 @@ chosen on validation groups. key=value overrides apply to every variant.
 Columns: conditional accuracy on held-out sounds (and as a fraction of the real-frame ceiling), the shuffled-
 sound control (images from another class's sound, read as the clip's own class: near 0 when images follow the
 sound), class R@1, intra-class FID, diversity within one sound over the real frames', Spearman within class of
-loudness and register, and the wall time until the validation accuracy first reached 80% / 90% of the
+loudness and register (accuracy and Spearmans with their 95% bootstrap intervals over held-out clips), and the wall time until the validation accuracy first reached 80% / 90% of the
 validation ceiling (from the TensorBoard curve, "-" if never). Prints markdown, writes OUT/compare.md and
 OUT/compare.json; finished runs are skipped on a rerun, so an interrupted comparison continues.
 """
@@ -83,6 +83,8 @@ def row_of(name: str, run_dir: Path, train_s: float | None) -> dict:
     for attribute in ("loudness", "register"):
         key = next((k for k in attributes if k.startswith(attribute) or k.startswith(f"pitch_{attribute}")), None)
         row[f"spearman_{attribute}"] = attributes[key]["spearman_within_class"] if key else None
+        row[f"spearman_{attribute}_95"] = attributes[key].get("spearman_within_class_95") if key else None
+    row["conditional_accuracy_95"] = o.get("conditional_accuracy_95")
     return row
 
 
@@ -119,12 +121,15 @@ def markdown(rows: list[dict]) -> str:
             return "-"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
+    def interval(bounds: list[float] | None) -> str:
+        return f" [{cell(bounds[0])}, {cell(bounds[1])}]" if bounds else ""
+
     lines = ["| data | variant | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append(f"| {row['rooms']} rooms, {row['classes']} classes (ceiling {cell(row['ceiling_accuracy'])}, "
                      f"chance {cell(row['chance_accuracy'])}) | {row['variant']} | "
-                     + " | ".join(cell(row.get(k)) for k, _ in COLUMNS) + " |")
+                     + " | ".join(cell(row.get(k)) + interval(row.get(f"{k}_95")) for k, _ in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -33,8 +33,11 @@ from his.eval.metrics import (
     frechet_distance,
     kernel_distance,
     mean_pairwise_distance,
+    mean_interval,
     retrieval_recall,
     spearman,
+    within_class_spearman,
+    within_class_spearman_interval,
 )
 from his.frames import to_frames as images_to_frames
 
@@ -190,6 +193,31 @@ def test_spearman_is_nan_for_a_constant_side():
     assert np.isnan(spearman([1, 2, 3, 4], [5, 5, 5, 5]))
 
 
+def test_within_class_spearman_and_its_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20)
+    truth = rng.uniform(size=40)
+    # within each class the prediction is monotone in the truth, across classes it is reversed
+    predicted = np.where(labels == 0, truth, 5 - truth) * np.where(labels == 0, 1, -1)
+    assert within_class_spearman(truth, predicted, labels) == pytest.approx(1.0)
+    assert spearman(truth, predicted) < 0.5
+    assert within_class_spearman_interval(truth, predicted, labels, n_resamples=200) == pytest.approx((1.0, 1.0))
+    assert within_class_spearman(truth, -predicted, labels) == pytest.approx(-1.0)
+    # unrelated: with 20 rows a class the interval around the estimate is about +-0.3 wide
+    noise = rng.uniform(size=40)
+    lo, hi = within_class_spearman_interval(truth, noise, labels, n_resamples=400)
+    assert lo < within_class_spearman(truth, noise, labels) < hi and 0.3 < hi - lo < 0.9
+    assert within_class_spearman_interval(truth, noise, labels, n_resamples=50, seed=3) == \
+        within_class_spearman_interval(truth, noise, labels, n_resamples=50, seed=3)
+
+
+def test_mean_interval_of_a_proportion_is_its_binomial_width():
+    hits = np.random.default_rng(1).permutation(np.repeat([0.0, 1.0], 200))
+    lo, hi = mean_interval(hits)
+    assert lo < 0.5 < hi and (hi - lo) == pytest.approx(2 * 1.96 * 0.025, rel=0.15)
+    assert mean_interval(np.full(5, 0.25)) == (0.25, 0.25)
+
+
 @pytest.mark.parametrize("counts", [(10, 10, 10), (5, 3, 2), (4, 4), (1, 1, 1, 1, 1)])
 def test_cross_class_derangement_is_a_seeded_permutation_across_classes(counts):
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
@@ -319,7 +347,7 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
     assert first_json["overall"]["shuffled_accuracy"] == first["overall"]["shuffled_accuracy"] <= 0.05
 
     markdown = (tmp_path / "a" / "results.md").read_text()
-    assert "| conditional accuracy |" in markdown and "| square |" in markdown and "| loudness |" in markdown
+    assert "| conditional accuracy [95% bootstrap over clips] |" in markdown and "| square |" in markdown and "| loudness |" in markdown
     assert "| shuffled sound: read as the clip's class (chance 1/3 = 0.333) |" in markdown
     assert "| shuffled sound: read as the sound's class |" in markdown
 

@@ -41,6 +41,9 @@ from his.eval.metrics import (
     mean_pairwise_distance,
     retrieval_recall,
     spearman,
+    mean_interval,
+    within_class_spearman,
+    within_class_spearman_interval,
 )
 from his.eval.report import eval_report, format_number, summary_rows
 from his.frames import to_frames
@@ -239,13 +242,13 @@ def _attribute_following(
     result = {}
     for i, name in enumerate(names):
         truth = np.asarray(data.test_attributes[name], np.float64)
-        within = [spearman(truth[labels == c], gen_pred[labels == c, i]) for c in range(len(data.classes))]
-        within_real = [spearman(truth[labels == c], real_pred[labels == c, i]) for c in range(len(data.classes))]
         result[name] = {
             "spearman": spearman(truth, gen_pred[:, i]),
             "spearman_real": spearman(truth, real_pred[:, i]),
-            "spearman_within_class": _nanmean(within),
-            "spearman_within_class_real": _nanmean(within_real),
+            "spearman_within_class": within_class_spearman(truth, gen_pred[:, i], labels),
+            "spearman_within_class_95": within_class_spearman_interval(truth, gen_pred[:, i], labels),
+            "spearman_within_class_real": within_class_spearman(truth, real_pred[:, i], labels),
+            "spearman_within_class_real_95": within_class_spearman_interval(truth, real_pred[:, i], labels),
         }
     return result
 
@@ -325,6 +328,7 @@ def compute_metrics(
         "k": k,
         "ceiling_accuracy": float(ceiling_hits.mean()),
         "conditional_accuracy": float(gen_hits.mean()),
+        "conditional_accuracy_95": mean_interval(gen_hits.reshape(n, k).mean(1)),  # clips resampled
         "shuffled_accuracy": float(shuffled_hits.mean()),
         "shuffled_follows_sound": float(shuffled_follows.mean()),
         "chance_accuracy": 1 / len(classes),
@@ -372,6 +376,10 @@ def _figure_clips(data: EvalData, settings: EvalSettings) -> tuple[list[int], tu
 
 def _markdown(results: dict[str, Any]) -> str:
     cell = format_number
+
+    def interval(bounds: list[float] | None) -> str:
+        return f"[{cell(bounds[0])}, {cell(bounds[1])}]" if bounds else ""
+
     o = results["overall"]
     lines = [
         "# Evaluation",
@@ -400,13 +408,14 @@ def _markdown(results: dict[str, Any]) -> str:
             "",
             "Attribute following (Spearman between a sound's attribute and the value read off its images):",
             "",
-            "| attribute | generated | real | generated, within class | real, within class |",
+            "| attribute | generated | real | generated, within class [95% bootstrap] | real, within class [95%] |",
             "|---|---|---|---|---|",
         ]
         for name, a in results["attributes"].items():
             lines.append(
                 f"| {name} | {cell(a['spearman'])} | {cell(a['spearman_real'])} "
-                f"| {cell(a['spearman_within_class'])} | {cell(a['spearman_within_class_real'])} |"
+                f"| {cell(a['spearman_within_class'])} {interval(a.get('spearman_within_class_95'))} "
+                f"| {cell(a['spearman_within_class_real'])} {interval(a.get('spearman_within_class_real_95'))} |"
             )
     if "figures" in results:
         lines += ["", *(f"- {name}: `{path}`" for name, path in results["figures"].items())]

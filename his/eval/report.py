@@ -39,11 +39,17 @@ def format_number(value: Any) -> str:
     return str(value)
 
 
+def _with_interval(value: float, bounds: list[float] | None) -> str | float:
+    return f"{format_number(value)} [{format_number(bounds[0])}, {format_number(bounds[1])}]" if bounds else value
+
+
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """The overall numbers of compute_metrics as (metric, generated, real) rows, for results.md and the page."""
     o, n_classes = results["overall"], len(results["classes"])
     return [
-        ("conditional accuracy", o["conditional_accuracy"], o["ceiling_accuracy"]),
+        ("conditional accuracy [95% bootstrap over clips]", _with_interval(o["conditional_accuracy"],
+                                                                          o.get("conditional_accuracy_95")),
+         o["ceiling_accuracy"]),
         (f"shuffled sound: read as the clip's class (chance 1/{n_classes} = {format_number(o['chance_accuracy'])})",
          o["shuffled_accuracy"], ""),
         ("shuffled sound: read as the sound's class", o["shuffled_follows_sound"], o["ceiling_accuracy"]),
