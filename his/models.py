@@ -249,6 +249,11 @@ class ProjectionCritic(nn.Module):
     Spectral norm on every layer by default (as in the paper); no batch norm (its batch statistics couple the
     scores of a batch); `norm="layer"` is allowed. With cond_dim=0 there is no embed: the unconditional critic
     for pretraining, whose every tensor warm-starts the conditional one (only `embed.*` starts fresh).
+
+    pool="sum" is the paper's global sum pooling. It makes the projection blind to where in the frame a feature
+    is, and where is what some of our attributes are (the pitch register lifts the player). pool="flatten" keeps
+    the 4x4 positions: phi(x) is the flattened map, so the projection is a sum over positions p of
+    <embed_p(c), h_p(x)>, one embedding per position, still linear in the condition.
     """
 
     def __init__(
@@ -258,10 +263,14 @@ class ProjectionCritic(nn.Module):
         proj_dim: int | None = None,
         norm: Norm = "none",
         spectral_norm: bool = True,
+        pool: str = "sum",
     ) -> None:
         super().__init__()
         if norm not in ("layer", "none"):
             raise ValueError(f"norm of a projection critic must be 'layer' or 'none', got {norm!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.pool = pool
         bias = norm == "none"
 
         def conv(cin: int, cout: int, b: bool = bias) -> nn.Module:
@@ -273,7 +282,7 @@ class ProjectionCritic(nn.Module):
             conv(ndf * 2, ndf * 4), _norm(norm, ndf * 4), nn.LeakyReLU(SLOPE),  # 8x8
             conv(ndf * 4, ndf * 8), _norm(norm, ndf * 8), nn.LeakyReLU(SLOPE),  # 4x4
         )
-        width = ndf * 8
+        width = ndf * 8 * (16 if pool == "flatten" else 1)
         self.psi = nn.Linear(width, 1)
         self.embed: nn.Module | None = None
         if cond_dim > 0:
@@ -290,8 +299,9 @@ class ProjectionCritic(nn.Module):
                 _spectral_norm(layer)
 
     def phi(self, image: torch.Tensor) -> torch.Tensor:
-        """Image features (B, ndf*8): the trunk, globally sum-pooled."""
-        return self.features(image).sum(dim=(2, 3))
+        """Image features: the trunk globally sum-pooled (B, ndf*8), or its 4x4 map flattened (B, ndf*8*16)."""
+        h = self.features(image)
+        return h.sum(dim=(2, 3)) if self.pool == "sum" else h.flatten(1)
 
     def forward(self, image: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         h = self.phi(image)
@@ -302,6 +312,7 @@ class ProjectionCritic(nn.Module):
 
 
 CRITICS = ("concat", "projection")
+POOLS = ("sum", "flatten")
 
 
 def build_critic(
@@ -311,8 +322,10 @@ def build_critic(
     proj_dim: int | None,
     norm: Norm | None = None,
     spectral_norm: bool | None = None,
+    pool: str = "sum",
 ) -> Critic | ProjectionCritic:
-    """"concat": the report's Critic (fig 4c); "projection": ProjectionCritic (Miyato & Koyama 2018).
+    """"concat": the report's Critic (fig 4c); "projection": ProjectionCritic (Miyato & Koyama 2018), its
+    image features pooled by `pool`.
 
     norm / spectral_norm None take the kind's default: batch norm without spectral norm for "concat", no
     norm with spectral norm for "projection".
@@ -323,7 +336,7 @@ def build_critic(
     norm = norm if norm is not None else ("none" if projection else "batch")
     spectral_norm = spectral_norm if spectral_norm is not None else projection
     if projection:
-        return ProjectionCritic(cond_dim, ndf, proj_dim, norm, spectral_norm)
+        return ProjectionCritic(cond_dim, ndf, proj_dim, norm, spectral_norm, pool)
     return Critic(cond_dim, ndf, proj_dim if proj_dim is not None else 128, norm, spectral_norm)
 
 

@@ -210,3 +210,21 @@ def test_build_critic_kinds_and_their_defaults():
     assert not any(hasattr(m, "parametrizations") for m in _layers(plain))
     with pytest.raises(ValueError, match="critic"):
         build_critic("stylegan", 16, 8, 12)
+
+
+def test_flatten_pooling_lets_the_projection_see_where_a_feature_is():
+    torch.manual_seed(0)
+    h = torch.randn(2, 64, 4, 4)  # a trunk output: the same features, the player moved up (rows reversed)
+    c = torch.randn(2, 16)
+    scores = {}
+    for pool in ("sum", "flatten"):
+        d = ProjectionCritic(cond_dim=16, ndf=8, pool=pool, spectral_norm=False)
+        d.features = nn.Identity()
+        scores[pool] = d(h, c), d(h.flip(2), c)
+        assert d.phi(h).shape == (2, 64 * (16 if pool == "flatten" else 1))
+        # still the projection form: psi(phi) + <embed(c), phi>
+        torch.testing.assert_close(d(h, c), d.psi(d.phi(h)).flatten() + (d.embed(c) * d.phi(h)).sum(1))
+    torch.testing.assert_close(*scores["sum"])
+    assert not torch.allclose(*scores["flatten"])
+    with pytest.raises(ValueError, match="pool"):
+        ProjectionCritic(pool="max")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from his.config import ConfigError
 from his.augment import POLICIES, parse_policy
 from his.losses import OBJECTIVES
-from his.models import CRITICS, GENERATORS, NORMS
+from his.models import CRITICS, GENERATORS, NORMS, POOLS
 
 # Per objective: optimiser, lr, betas (Adam), critic steps per generator step, the generator, the critic and its
 # normalisation. The report's three keep its generator (fig 4b) and critic (fig 4c). hinge: the projection
@@ -41,6 +41,7 @@ class GANConfig:
     generator: str | None = None  # simple (fig 4b) | residual (fig 4a) | resnet (SN-GAN/BigGAN blocks, conditional BN)
     critic: str | None = None  # concat (fig 4c) | projection (Miyato & Koyama 2018)
     critic_norm: str | None = None  # batch | layer | none
+    critic_pool: str = "sum"  # projection critic: sum (global sum pooling, as published) | flatten (keeps the 4x4 positions)
     spectral_norm: bool | None = None
     diffaugment: str | None = None  # DiffAugment policy for the critic's inputs, e.g. "translation,cutout"; "" = none
     ema_decay: float | None = None  # > 0: keep an exponential moving average of G, used for samples and evaluation
@@ -141,6 +142,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("generator", cfg.generator in GENERATORS, " | ".join(GENERATORS)),
         ("critic", cfg.critic in CRITICS, " | ".join(CRITICS)),
         ("critic_norm", cfg.critic_norm in NORMS, " | ".join(NORMS)),
+        ("critic_pool", cfg.critic_pool in POOLS, " | ".join(POOLS)),
         ("critic_norm", not (cfg.critic == "projection" and cfg.critic_norm == "batch"), "layer or none for projection"),
         ("diffaugment", _policy_ok(cfg.diffaugment), " | ".join(POLICIES) + ", comma-separated, or empty"),
         ("ema_decay", 0 <= cfg.ema_decay < 1, "in [0, 1)"),

@@ -110,7 +110,8 @@ def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device) -> GAN:
     torch.manual_seed(cfg.seed)
     generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim).to(device)
     proj_dim = cfg.proj_dim if cfg.critic == "concat" else None  # projection: one linear embedding, as published
-    critic = build_critic(cfg.critic, cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm).to(device)
+    critic = build_critic(cfg.critic, cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm,
+                          cfg.critic_pool).to(device)
     if cfg.channels_last:
         generator, critic = generator.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
     # The EMA averages batch-norm statistics too (use_buffers), so its samples need no statistics of their own.
