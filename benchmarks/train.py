@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from his.data.small_sets import DataSets
-from his.models import Critic, SimpleGenerator, count_flops_per_image
-from his.train import TrainConfig, run
+from his.models import build_critic, build_generator, count_flops_per_image
+from his.train import TrainConfig, resolve, run
 from his.train.config import OBJECTIVE_DEFAULTS
 
 VARIANTS = {
@@ -53,6 +53,17 @@ def flops_per_generator_step(objective: str, batch: int, flops: dict[str, float]
     return batch * (critic_steps * (g + 3 * 3 * d) + 3 * g + 3 * d)
 
 
+def model_flops(objective: str, ngf: int, ndf: int) -> dict[str, float]:
+    """Forward FLOPs per image of the objective's own generator and critic (its OBJECTIVE_DEFAULTS networks)."""
+    cfg = resolve(TrainConfig(objective=objective, ngf=ngf, ndf=ndf))
+    g = build_generator(cfg.generator, 1024, cfg.z_dim, ngf, cfg.proj_dim)
+    d = build_critic(cfg.critic, 1024, ndf, cfg.proj_dim if cfg.critic == "concat" else None, cfg.critic_norm,
+                     cfg.spectral_norm, cfg.critic_pool)
+    return {"generator": cfg.generator, "critic": cfg.critic,
+            "generator_forward_per_image": count_flops_per_image(g, torch.randn(1, cfg.z_dim), torch.randn(1, 1024)),
+            "critic_forward_per_image": count_flops_per_image(d, torch.randn(1, 3, 64, 64), torch.randn(1, 1024))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
@@ -69,12 +80,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    g = SimpleGenerator(1024, 100, args.ngf, 128)
-    d = Critic(1024, args.ndf, 128, "layer")
-    flops = {"generator_forward_per_image": count_flops_per_image(g, torch.randn(1, 100), torch.randn(1, 1024)),
-             "critic_forward_per_image": count_flops_per_image(d, torch.randn(1, 3, 64, 64), torch.randn(1, 1024))}
-    print(f"model FLOPs/image: G {flops['generator_forward_per_image'] / 1e9:.3f} G, "
-          f"D {flops['critic_forward_per_image'] / 1e9:.3f} G (forward)")
+    flops = {objective: model_flops(objective, args.ngf, args.ndf) for objective in args.objectives.split(",")}
+    for objective, f in flops.items():
+        print(f"model FLOPs/image, {objective}: G ({f['generator']}) {f['generator_forward_per_image'] / 1e9:.3f} G, "
+              f"D ({f['critic']}) {f['critic_forward_per_image'] / 1e9:.3f} G (forward)")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +100,7 @@ def main() -> None:
                     if torch.cuda.is_available():
                         torch.cuda.reset_peak_memory_stats()
                     summary = run(cfg)
-                    step_flops = flops_per_generator_step(objective, args.batch, flops)
+                    step_flops = flops_per_generator_step(objective, args.batch, flops[objective])
                     row = {"objective": objective, "variant": variant, "s_per_step": summary["s_per_step"],
                            "images_per_s": summary["images_per_s"],
                            "model_tflops_per_s": step_flops / summary["s_per_step"] / 1e12}
