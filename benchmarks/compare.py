@@ -78,8 +78,7 @@ def row_of(name: str, run_dir: Path, train_s: float | None) -> dict:
            **{k: o.get(k) for k in ("conditional_accuracy", "shuffled_accuracy", "class_r1", "intra_fid", "fid",
                                     "ceiling_accuracy", "chance_accuracy")}}
     row["of_ceiling"] = o["conditional_accuracy"] / o["ceiling_accuracy"] if o.get("ceiling_accuracy") else None
-    if o.get("diversity_within_sound") and o.get("diversity_within_sound_real"):
-        row["diversity_ratio"] = o["diversity_within_sound"] / o["diversity_within_sound_real"]
+    row["diversity_ratio"] = o.get("diversity_within_sound")  # already over the real frames' spread, per class
     for attribute in ("loudness", "register"):
         key = next((k for k in attributes if k.startswith(attribute) or k.startswith(f"pitch_{attribute}")), None)
         row[f"spearman_{attribute}"] = attributes[key]["spearman_within_class"] if key else None
@@ -96,7 +95,10 @@ def compare_data_set(out: Path, rooms: str, n_classes: int, variants: list[str],
                            "--classes", ",".join(CLASS_SETS[n_classes]), f"train.seed={seed}"], cwd=ROOT)
     if demo.returncode != 0:
         sys.exit(f"compare: the demo pipeline for {cell} failed (exit {demo.returncode})")
-    rows = [{**row_of("demo", cell / "run" / "train", None), "pipeline_s": round(time.monotonic() - started, 1)}]
+    demo_summary = json.loads((cell / "run" / "train" / "summary.json").read_text())
+    demo_train_s = round(demo_summary["s_per_step"] * demo_summary["step"], 1)  # its training alone, by its meter
+    rows = [{**row_of("demo", cell / "run" / "train", demo_train_s),
+             "pipeline_s": round(time.monotonic() - started, 1)}]
     features = newest_features(cell / "clips")
     for variant in variants:
         run_dir = cell / variant
