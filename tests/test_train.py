@@ -371,6 +371,22 @@ def test_wrong_sounds_are_uniform_over_the_other_classes():
         assert counts.min() > 0.8 * 6000 / len(others)  # every row of another class, about equally often
 
 
+def test_other_clip_wrong_sounds_are_any_other_clip_of_any_class():
+    from his.train.data import WrongSounds
+
+    labels = np.array([1, 0, 1, 2, 0, 1])
+    wrong = WrongSounds(np.arange(len(labels)))  # what wrong_sounds=other-clip builds
+    rng = torch.Generator().manual_seed(0)
+    rows = np.repeat(np.arange(len(labels)), 3000)
+    drawn = wrong.for_rows(rows, rng)
+    assert (drawn != rows).all()
+    assert (labels[drawn] == labels[rows]).mean() > 0.2  # clips of the own class are negatives too
+    counts = np.bincount(drawn[rows == 0], minlength=len(labels))[1:]
+    assert counts.min() > 0.8 * 3000 / 5
+    # the report's: only other classes, drawn for rows through the rows' labels
+    assert (labels[WrongSounds(labels).for_rows(rows, rng)] != labels[rows]).all()
+
+
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, {"step": step}, keep=2)
@@ -474,11 +490,12 @@ def test_ema_warm_up_follows_the_generator_early():
 
 @pytest.mark.parametrize("field,value", [("max_steps", -5), ("epochs", -1), ("log_every", 0),
                                          ("ckpt_every", 0), ("sample_every", 0), ("hist_every", 0), ("ngf", 0),
-                                         ("batch_size", 0), ("keep_checkpoints", 0), ("val_every", 0)])
+                                         ("batch_size", 0), ("keep_checkpoints", 0), ("val_every", 0),
+                                         ("wrong_sounds", "other-video"), ("critic_pool", "max"), ("generator", "big")])
 def test_out_of_range_fields_are_named_before_any_work(tmp_path, field, value):
     from his.train.config import resolve
 
-    with pytest.raises(ConfigError, match=rf"config: {field}={value} must be"):
+    with pytest.raises(ConfigError, match=rf"config: {field}={value!r} must be"):
         resolve(TrainConfig(out=str(tmp_path / "run"), **{field: value}))
     assert not (tmp_path / "run").exists()
 

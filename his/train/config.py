@@ -61,6 +61,7 @@ class GANConfig:
     lr_halve_every: int = 100  # epochs; 0 = constant
     n_critic: int | None = None
     alpha: float = 0.25  # weight of the mismatch term f(x, l_false) in eq 10
+    wrong_sounds: str = "other-class"  # the mismatched sounds: other-class (the report's) | other-clip (any other clip)
     clip: float = 0.01  # wgan weight clipping
     gp_lambda: float = 10.0
     warmup_gen_steps: int = 25  # wgan: 100 critic steps for the first 25 generator steps
@@ -156,6 +157,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("lr_base_batch", cfg.lr_base_batch > 0, "> 0"),
         ("n_critic", cfg.n_critic > 0, "> 0"),
         ("alpha", cfg.alpha >= 0, ">= 0"),
+        ("wrong_sounds", cfg.wrong_sounds in ("other-class", "other-clip"), "other-class | other-clip"),
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),
          "layer or none for wgan-gp (batch norm couples the samples the penalty treats as independent)"),
         ("stop_signals", all(hasattr(signal, s) for s in cfg.stop_signals), "names like SIGTERM"),

@@ -126,7 +126,8 @@ class Batches:
 
 
 class WrongSounds:
-    """For each label, a uniformly drawn row of ANOTHER class (the 'wrong' condition of GAN-CLS and eq 10)."""
+    """For each label, a uniformly drawn row of ANOTHER class (the 'wrong' condition of GAN-CLS and eq 10).
+    Given every row its own label (np.arange), ANOTHER clip of any class."""
 
     def __init__(self, labels: np.ndarray):
         self.order = torch.from_numpy(np.argsort(labels, kind="stable"))
@@ -136,6 +137,11 @@ class WrongSounds:
         self.count[classes] = torch.from_numpy(counts)
         self.start[classes] = torch.from_numpy(np.cumsum(counts) - counts)
         self.n = len(labels)
+        self.labels = labels
+
+    def for_rows(self, rows: np.ndarray, rng: torch.Generator) -> np.ndarray:
+        """A wrong row for each of `rows`: one of another label than the row's own."""
+        return self.draw(torch.from_numpy(np.asarray(self.labels[rows])), rng).numpy()
 
     def draw(self, labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         others = self.n - self.count[labels]
@@ -167,6 +173,6 @@ def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, 
     cond = torch.from_numpy(data.cond[rows]).to(device, non_blocking=True)
     wrong_cond = None
     if wrong is not None:
-        wrong_rows = wrong.draw(torch.from_numpy(data.labels[rows]), rng).numpy()
+        wrong_rows = wrong.for_rows(rows, rng)
         wrong_cond = torch.from_numpy(data.cond[wrong_rows]).to(device, non_blocking=True)
     return real, cond, wrong_cond

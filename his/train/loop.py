@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -310,7 +311,10 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # noqa: E731
     per_rank, global_batch = rank_batch(cfg, world)
     batches = Batches(len(data.frames), per_rank, world, dd.rank, cfg.seed, epoch, position)
-    wrong = WrongSounds(data.labels) if conditional and (cfg.objective == "gan-cls" or cfg.alpha > 0) else None
+    wrong = None
+    if conditional and (cfg.objective == "gan-cls" or cfg.alpha > 0):
+        # other-clip: every other clip is a negative, so the critic must check what varies within a class too
+        wrong = WrongSounds(data.labels if cfg.wrong_sounds == "other-class" else np.arange(len(data.labels)))
     writer = None
     if dd.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
