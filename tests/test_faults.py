@@ -239,7 +239,9 @@ def test_the_real_command_lines_say_one_line_and_a_traceback_only_when_asked(ws)
     picked = ["preprocess: a class with no videos", "train: a clip shard missing", "spec: no command"]
     procs = {name: subprocess.Popen([sys.executable, "-m", CASES[name].cli, *CASES[name].argv(ws)], cwd=REPO,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in picked}
-    debug = subprocess.Popen([sys.executable, "-m", "his.train", *train_args(ws, ws.miss)], cwd=REPO,
+    # its own out: two runs into one directory race for its lock, and the loser is told so instead
+    debug = subprocess.Popen([sys.executable, "-m", "his.train", *train_args(ws, ws.miss, out=ws.root / "debug-run")],
+                             cwd=REPO,
                              env={**os.environ, "HIS_DEBUG": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     for name, proc in procs.items():
