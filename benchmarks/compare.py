@@ -13,8 +13,9 @@ chosen on validation groups. key=value overrides apply to every variant.
 Columns: conditional accuracy on held-out sounds (and as a fraction of the real-frame ceiling), the shuffled-
 sound control (images from another class's sound, read as the clip's own class: near 0 when images follow the
 sound), class R@1, intra-class FID, diversity within one sound over the real frames', Spearman within class of
-loudness and register (accuracy and Spearmans with their 95% bootstrap intervals over held-out clips), and the wall time until the validation accuracy first reached 80% / 90% of the
-validation ceiling (from the TensorBoard curve, "-" if never). Prints markdown, writes OUT/compare.md and
+loudness and register (accuracy and Spearmans with their 95% bootstrap intervals over held-out clips), and the
+wall time until the validation accuracy first reached 80% / 90% of the validation ceiling (from the TensorBoard
+curve, "-" if never). Prints markdown, writes OUT/compare.md and
 OUT/compare.json; finished runs are skipped on a rerun, so an interrupted comparison continues.
 """
 

@@ -38,10 +38,10 @@ from his.eval.metrics import (
     diversity,
     frechet_distance,
     kernel_distance,
+    mean_interval,
     mean_pairwise_distance,
     retrieval_recall,
     spearman,
-    mean_interval,
     within_class_spearman,
     within_class_spearman_interval,
 )
