@@ -32,6 +32,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from his.config import load_config
+from his.eval.report import format_interval
 from his.eval.stage import EvalConfig, run as evaluate
 from his.io import write_json
 from his.synth import ALL_CLASSES
@@ -124,15 +125,12 @@ def markdown(rows: list[dict]) -> str:
             return "-"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    def interval(bounds: list[float] | None) -> str:
-        return f" [{cell(bounds[0])}, {cell(bounds[1])}]" if bounds else ""
-
     lines = ["| data | variant | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append(f"| {row['rooms']} rooms, {row['classes']} classes (ceiling {cell(row['ceiling_accuracy'])}, "
                      f"chance {cell(row['chance_accuracy'])}) | {row['variant']} | "
-                     + " | ".join(cell(row.get(k)) + interval(row.get(f"{k}_95")) for k, _ in COLUMNS) + " |")
+                     + " | ".join(" ".join(filter(None, (cell(row.get(k)), format_interval(row.get(f"{k}_95"))))) for k, _ in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -45,7 +45,7 @@ from his.eval.metrics import (
     within_class_spearman,
     within_class_spearman_interval,
 )
-from his.eval.report import eval_report, format_number, summary_rows
+from his.eval.report import eval_report, format_interval, format_number, summary_rows
 from his.frames import to_frames
 from his.io import atomic_path, write_json
 
@@ -375,11 +375,7 @@ def _figure_clips(data: EvalData, settings: EvalSettings) -> tuple[list[int], tu
 
 
 def _markdown(results: dict[str, Any]) -> str:
-    cell = format_number
-
-    def interval(bounds: list[float] | None) -> str:
-        return f"[{cell(bounds[0])}, {cell(bounds[1])}]" if bounds else ""
-
+    cell, interval = format_number, format_interval
     o = results["overall"]
     lines = [
         "# Evaluation",

@@ -39,8 +39,13 @@ def format_number(value: Any) -> str:
     return str(value)
 
 
+def format_interval(bounds: list[float] | None) -> str:
+    """A 95% interval as the tables show it, "[lo, hi]", or "" when there is none."""
+    return f"[{format_number(bounds[0])}, {format_number(bounds[1])}]" if bounds else ""
+
+
 def _with_interval(value: float, bounds: list[float] | None) -> str | float:
-    return f"{format_number(value)} [{format_number(bounds[0])}, {format_number(bounds[1])}]" if bounds else value
+    return f"{format_number(value)} {format_interval(bounds)}" if bounds else value
 
 
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:

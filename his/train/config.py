@@ -28,6 +28,9 @@ OBJECTIVE_DEFAULTS = {
 }
 
 
+# Where the mismatched ("wrong") sounds come from: the report's other classes, or any other clip.
+WRONG_SOUNDS = ("other-class", "other-clip")
+
 # How lr follows the global batch: lr x (global batch / lr_base_batch) ** power.
 LR_SCALING = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
 
@@ -157,7 +160,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("lr_base_batch", cfg.lr_base_batch > 0, "> 0"),
         ("n_critic", cfg.n_critic > 0, "> 0"),
         ("alpha", cfg.alpha >= 0, ">= 0"),
-        ("wrong_sounds", cfg.wrong_sounds in ("other-class", "other-clip"), "other-class | other-clip"),
+        ("wrong_sounds", cfg.wrong_sounds in WRONG_SOUNDS, " | ".join(WRONG_SOUNDS)),
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),
          "layer or none for wgan-gp (batch norm couples the samples the penalty treats as independent)"),
         ("stop_signals", all(hasattr(signal, s) for s in cfg.stop_signals), "names like SIGTERM"),
