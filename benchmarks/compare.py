@@ -10,6 +10,8 @@ three, the ResNet generator, DiffAugment and an EMA for hinge; wgan-gp-demo is t
 critic steps at lr 3e-4, hinge-simple-g hinge with the report's generator), and his.eval scores the checkpoint
 chosen on validation groups. key=value overrides apply to every variant.
 
+Each data set is labelled with its real-frame ceiling and its sound-limited ceiling (real frames of the class a
+linear probe hears in the sound: what a generator that hears only the sound can reach).
 Columns: conditional accuracy on held-out sounds (and as a fraction of the real-frame ceiling), the shuffled-
 sound control (images from another class's sound, read as the clip's own class: near 0 when images follow the
 sound), class R@1, intra-class FID, diversity within one sound over the real frames', Spearman within class of
@@ -78,7 +80,7 @@ def row_of(name: str, run_dir: Path, train_s: float | None) -> dict:
     row = {"variant": name, "checkpoint": results["checkpoint"], "train_s": train_s,
            "s_to_80": time_to(run_dir, 0.8), "s_to_90": time_to(run_dir, 0.9),
            **{k: o.get(k) for k in ("conditional_accuracy", "shuffled_accuracy", "class_r1", "intra_fid", "fid",
-                                    "ceiling_accuracy", "chance_accuracy")}}
+                                    "ceiling_accuracy", "heard_ceiling", "chance_accuracy")}}
     row["of_ceiling"] = o["conditional_accuracy"] / o["ceiling_accuracy"] if o.get("ceiling_accuracy") else None
     row["diversity_ratio"] = o.get("diversity_within_sound")  # already over the real frames' spread, per class
     for attribute in ("loudness", "register"):
@@ -129,7 +131,7 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append(f"| {row['rooms']} rooms, {row['classes']} classes (ceiling {cell(row['ceiling_accuracy'])}, "
-                     f"chance {cell(row['chance_accuracy'])}) | {row['variant']} | "
+                     f"sound-limited {cell(row.get('heard_ceiling'))}, chance {cell(row['chance_accuracy'])}) | {row['variant']} | "
                      + " | ".join(" ".join(filter(None, (cell(row.get(k)), format_interval(row.get(f"{k}_95"))))) for k, _ in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 

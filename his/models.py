@@ -250,6 +250,11 @@ class ProjectionCritic(nn.Module):
     scores of a batch); `norm="layer"` is allowed. With cond_dim=0 there is no embed: the unconditional critic
     for pretraining, whose every tensor warm-starts the conditional one (only `embed.*` starts fresh).
 
+    n_classes > 0 adds the paper's own class term y^T V phi(x) beside the sound's: the condition is then the
+    sound's features followed by the one-hot class, (B, cond_dim + n_classes), and `class_embed` (V, the one-hot
+    through a linear map without bias, which is the paper's embedding lookup) has its own spectral norm, as the
+    paper's SNEmbedID. Only the critic reads the class; the generator still hears only the sound.
+
     pool="sum" is the paper's global sum pooling. It makes the projection blind to where in the frame a feature
     is, and where is what some of our attributes are (the pitch register lifts the player). pool="flatten" keeps
     the 4x4 positions: phi(x) is the flattened map, so the projection is a sum over positions p of
@@ -264,13 +269,16 @@ class ProjectionCritic(nn.Module):
         norm: Norm = "none",
         spectral_norm: bool = True,
         pool: str = "sum",
+        n_classes: int = 0,
     ) -> None:
         super().__init__()
         if norm not in ("layer", "none"):
             raise ValueError(f"norm of a projection critic must be 'layer' or 'none', got {norm!r}")
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        self.pool = pool
+        if n_classes and not cond_dim:
+            raise ValueError("a projection critic with classes needs a sound condition (cond_dim > 0)")
+        self.pool, self.cond_dim = pool, cond_dim
         bias = norm == "none"
 
         def conv(cin: int, cout: int, b: bool = bias) -> nn.Module:
@@ -291,6 +299,7 @@ class ProjectionCritic(nn.Module):
                 self.embed = nn.Sequential(bottleneck, nn.Linear(proj_dim, width, bias=False))
             else:
                 self.embed = nn.Linear(cond_dim, width, bias=False)
+        self.class_embed = nn.Linear(n_classes, width, bias=False) if n_classes else None
         init_weights(self)
         if spectral_norm:
             # after the initialisation, so that its power iterations start from the weights actually used
@@ -307,7 +316,11 @@ class ProjectionCritic(nn.Module):
         h = self.phi(image)
         out = self.psi(h).flatten()
         if self.embed is not None:
-            out = out + (self.embed(cond.to(h.dtype)) * h).sum(dim=1)
+            cond = cond.to(h.dtype)
+            embedded = self.embed(cond[:, : self.cond_dim])
+            if self.class_embed is not None:
+                embedded = embedded + self.class_embed(cond[:, self.cond_dim :])
+            out = out + (embedded * h).sum(dim=1)
         return out
 
 
@@ -323,9 +336,10 @@ def build_critic(
     norm: Norm | None = None,
     spectral_norm: bool | None = None,
     pool: str = "sum",
+    n_classes: int = 0,
 ) -> Critic | ProjectionCritic:
     """"concat": the report's Critic (fig 4c); "projection": ProjectionCritic (Miyato & Koyama 2018), its
-    image features pooled by `pool`.
+    image features pooled by `pool`, with the class term when n_classes > 0 (projection only).
 
     norm / spectral_norm None take the kind's default: batch norm without spectral norm for "concat", no
     norm with spectral norm for "projection".
@@ -336,7 +350,9 @@ def build_critic(
     norm = norm if norm is not None else ("none" if projection else "batch")
     spectral_norm = spectral_norm if spectral_norm is not None else projection
     if projection:
-        return ProjectionCritic(cond_dim, ndf, proj_dim, norm, spectral_norm, pool)
+        return ProjectionCritic(cond_dim, ndf, proj_dim, norm, spectral_norm, pool, n_classes)
+    if n_classes:
+        raise ValueError("only the projection critic takes the class (n_classes > 0)")
     return Critic(cond_dim, ndf, proj_dim if proj_dim is not None else 128, norm, spectral_norm)
 
 

@@ -30,8 +30,10 @@ def step(name: str, args: list[str], timings: list[tuple[str, float]]) -> None:
 def headline(overall: dict) -> str:
     """The numbers that say whether the images follow the sound, against what real frames score."""
     acc, ceiling, chance = overall["conditional_accuracy"], overall["ceiling_accuracy"], overall["chance_accuracy"]
+    heard = overall.get("heard_ceiling")
+    heard_part = f" ({acc / heard:.0%} of the sound-limited ceiling {heard:.3f})" if heard else ""
     return (f"conditional accuracy {acc:.3f} on held-out sounds = {acc / ceiling:.0%} of the real-frame ceiling "
-            f"{ceiling:.3f}; shuffled-sound control {overall['shuffled_accuracy']:.3f} (chance {chance:.3f})")
+            f"{ceiling:.3f}{heard_part}; shuffled-sound control {overall['shuffled_accuracy']:.3f} (chance {chance:.3f})")
 
 
 def main(argv: list[str] | None = None) -> int:

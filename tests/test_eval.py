@@ -31,7 +31,9 @@ from his.eval.evaluate import (
 from his.eval.metrics import (
     diversity,
     frechet_distance,
+    heard_class_ceiling,
     kernel_distance,
+    linear_probe,
     mean_pairwise_distance,
     mean_interval,
     retrieval_recall,
@@ -104,17 +106,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def data() -> EvalData:
     train_frames, train_labels, train_attributes = make_split(40, seed=0)
     test_frames, test_labels, test_attributes = make_split(10, seed=1)
-    features = np.concatenate(
-        [np.eye(N_CLASSES)[test_labels], test_attributes["loudness"][:, None], test_attributes["register"][:, None]],
-        axis=1,
-    ).astype(np.float32)
+    def features(labels, attributes):
+        return np.concatenate([np.eye(N_CLASSES)[labels], attributes["loudness"][:, None],
+                               attributes["register"][:, None]], axis=1).astype(np.float32)
+
     return EvalData(
         classes=["disc", "square", "bar"],
         train_frames=train_frames,
         train_labels=train_labels,
         test_frames=test_frames,
         test_labels=test_labels,
-        test_features=features,
+        test_features=features(test_labels, test_attributes),
+        train_features=features(train_labels, train_attributes),
         test_video_ids=np.array([f"v{i // 2}" for i in range(len(test_labels))]),
         train_attributes=train_attributes,
         test_attributes=test_attributes,
@@ -211,6 +214,27 @@ def test_within_class_spearman_and_its_bootstrap_interval():
         within_class_spearman_interval(truth, noise, labels, n_resamples=50, seed=3)
 
 
+def test_heard_class_ceiling_draws_real_frames_of_the_heard_class():
+    labels = np.array([0, 0, 1, 1])  # the test clips: their frames' classes, and their sounds' classes
+    frame_predicted = np.array([0, 1, 1, 1])  # the frame classifier: half of class 0's frames read as 1
+    # every sound heard right: the real-frame ceiling (3 of 4 frames read right)
+    assert heard_class_ceiling(labels, labels, frame_predicted) == pytest.approx(0.75)
+    # the class-0 sounds heard as class 1: class-1 frames are never read as 0
+    assert heard_class_ceiling(np.array([1, 1, 1, 1]), labels, frame_predicted) == pytest.approx(0.5)
+    # the class-1 sounds heard as class 0: half of class 0's frames are read as 1
+    assert heard_class_ceiling(np.array([0, 0, 0, 0]), labels, frame_predicted) == pytest.approx((0.5 + 0.5 + 0.5 + 0.5) / 4)
+
+
+def test_linear_probe_reads_a_linear_class_and_not_noise():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 3
+    train_y, test_y = rng.integers(0, 4, 200), rng.integers(0, 4, 100)
+    train_x, test_x = centres[train_y] + rng.normal(size=(200, 16)), centres[test_y] + rng.normal(size=(100, 16))
+    assert (linear_probe(train_x, train_y, test_x, 4) == test_y).mean() > 0.95
+    noise = rng.normal(size=(200, 16))  # features that say nothing of the class read at about chance
+    assert (linear_probe(noise[:100], train_y[:100], noise[100:], 4) == train_y[100:]).mean() < 0.45
+
+
 def test_mean_interval_of_a_proportion_is_its_binomial_width():
     hits = np.random.default_rng(1).permutation(np.repeat([0.0, 1.0], 200))
     lo, hi = mean_interval(hits)
@@ -257,6 +281,9 @@ def test_real_frames_as_generated_score_like_real_frames(real_results):
     assert overall["ceiling_accuracy"] >= 0.9
     assert overall["conditional_accuracy"] >= overall["ceiling_accuracy"] - 0.1
     assert overall["class_r1"] >= 0.9
+    # the features say the class outright, so the sound-limited ceiling is the real-frame one
+    assert overall["heard_accuracy"] == 1.0
+    assert overall["heard_ceiling"] == pytest.approx(overall["ceiling_accuracy"])
     # generated vs test as close as real train vs real test frames
     assert overall["fid"] <= 1.5 * overall["fid_real"]
     assert overall["kid"] <= max(2 * overall["kid_real"], 0.05 * overall["fid_real"])

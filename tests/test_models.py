@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from his.models import (
@@ -138,6 +139,25 @@ def test_projection_term_is_the_inner_product_of_embedded_condition_and_pooled_f
     d = ProjectionCritic(cond_dim=16, ndf=8).eval()
     phi = d.phi(x)
     torch.testing.assert_close(d(x, c), d.psi(phi).flatten() + (d.embed(c) * phi).sum(1))
+
+
+def test_class_term_is_the_embedding_row_of_the_class_times_the_pooled_features():
+    torch.manual_seed(0)
+    x, c, y = torch.randn(3, 3, 64, 64), torch.randn(3, 16), torch.tensor([2, 0, 2])
+    d = ProjectionCritic(cond_dim=16, ndf=8, n_classes=4).eval()
+    with_class = torch.cat([c, F.one_hot(y, 4).float()], dim=1)
+    phi = d.phi(x)
+    v = d.class_embed.weight.T  # (n_classes, width): row y is V's column for class y in the paper's y^T V phi(x)
+    sound_only = d.psi(phi).flatten() + (d.embed(c) * phi).sum(1)
+    torch.testing.assert_close(d(x, with_class), sound_only + (v[y] * phi).sum(1))
+    # the class embedding has its own spectral norm (the paper's SNEmbedID) and starts fresh from any other critic
+    assert hasattr(d.class_embed, "parametrizations")
+    without = ProjectionCritic(cond_dim=16, ndf=8).state_dict()
+    assert {k.split(".")[0] for k in set(d.state_dict()) - set(without)} == {"class_embed"}
+    with pytest.raises(ValueError, match="class"):
+        build_critic("concat", 16, 8, 12, n_classes=4)
+    with pytest.raises(ValueError, match="sound"):
+        ProjectionCritic(cond_dim=0, ndf=8, n_classes=4)
 
 
 def test_projection_critic_is_affine_in_the_condition_even_with_a_bottleneck():

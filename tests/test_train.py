@@ -387,6 +387,36 @@ def test_other_clip_wrong_sounds_are_any_other_clip_of_any_class():
     assert (labels[WrongSounds(labels).for_rows(rows, rng)] != labels[rows]).all()
 
 
+def test_critic_labels_give_the_critic_each_rows_class_and_the_generator_only_the_sound():
+    from his.train.data import TrainingData, WrongSounds, make_batch
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    cond = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    data = TrainingData(np.zeros((6, 64, 64, 3), np.uint8), cond, labels, n_classes=3).with_critic_labels()
+    rng = torch.Generator().manual_seed(0)
+    rows = np.array([0, 2, 4])
+    _, g_cond, critic_cond, wrong_cond = make_batch(data, rows, WrongSounds(labels), rng, torch.device("cpu"),
+                                                    flip=False, channels_last=False)
+    torch.testing.assert_close(g_cond, torch.from_numpy(cond[rows]))  # what G hears: the sound alone
+    torch.testing.assert_close(critic_cond[:, :4], g_cond)
+    assert critic_cond[:, 4:].argmax(1).tolist() == labels[rows].tolist() and (critic_cond[:, 4:].sum(1) == 1).all()
+    # a wrong row comes with its own class: the sound and the class of another clip, never the image's
+    wrong_rows = [int(np.flatnonzero((cond == w[:4].numpy()).all(1))[0]) for w in wrong_cond]
+    assert wrong_cond[:, 4:].argmax(1).tolist() == labels[wrong_rows].tolist()
+    assert (labels[wrong_rows] != labels[rows]).all()
+
+
+def test_critic_labels_train_a_class_embedding_warm_started_like_the_rest(clips, tmp_path):
+    summary = run(tiny(clips, tmp_path / "labels", objective="hinge", critic_labels=True))
+    assert summary["status"] == "completed" and np.isfinite(summary["final"]["d_wrong"])
+    critic = load_checkpoint(summary["checkpoint"])["critic"]
+    # one embedding row per class of the clip set, beside the sound's embedding
+    assert critic["class_embed.parametrizations.weight.original"].shape == (8 * 8, len(CLASSES))
+    assert critic["embed.parametrizations.weight.original"].shape == (8 * 8, D)
+    with pytest.raises(ConfigError, match="critic_labels=True must be false unless critic=projection"):
+        run(tiny(clips, tmp_path / "concat", objective="wgan-gp", critic_labels=True))
+
+
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, {"step": step}, keep=2)

@@ -37,7 +37,9 @@ from his.eval.classifier import (
 from his.eval.metrics import (
     diversity,
     frechet_distance,
+    heard_class_ceiling,
     kernel_distance,
+    linear_probe,
     mean_interval,
     mean_pairwise_distance,
     retrieval_recall,
@@ -64,6 +66,7 @@ class EvalData:
     """Real data of one clip set. Frames uint8 (n, 64, 64, 3); labels int (n,) into `classes`.
 
     test_features: the test clips' sound features (n_test, D), as the generator was trained on them.
+    train_features: the train clips' (n_train, D), for the linear probe of what the sound tells of its class.
     test_video_ids: lets Figure 8 take its two sounds from two different videos.
     test_audio: the test clips' int16 audio windows (n_test, S) at `sample_rate`, for the report's players.
     train_attributes / test_attributes: per-clip numeric sound attributes, name -> (n,), for attribute following.
@@ -75,6 +78,7 @@ class EvalData:
     test_frames: np.ndarray
     test_labels: np.ndarray
     test_features: np.ndarray | None = None
+    train_features: np.ndarray | None = None
     test_video_ids: np.ndarray | None = None
     train_attributes: dict[str, np.ndarray] | None = None
     test_attributes: dict[str, np.ndarray] | None = None
@@ -294,6 +298,12 @@ def compute_metrics(
         shuffled_hits = shuffled_predicted == gen_labels
         shuffled_follows = shuffled_predicted == np.repeat(test_labels[shuffled.sounds], k)
 
+    heard_accuracy = heard_ceiling = math.nan
+    if data.train_features is not None and data.test_features is not None:
+        heard = linear_probe(data.train_features, train_labels, data.test_features, len(classes))
+        heard_accuracy = float((heard == test_labels).mean())
+        heard_ceiling = heard_class_ceiling(heard, test_labels, test_logits.argmax(1))
+
     retrieval = retrieval_recall(gen_feat, gen_clip, test_feat, test_labels)
     real_retrieval = retrieval_recall(test_feat, np.arange(n), test_feat, test_labels, exclude_self=True)
 
@@ -327,6 +337,10 @@ def compute_metrics(
         "n_test_clips": n,
         "k": k,
         "ceiling_accuracy": float(ceiling_hits.mean()),
+        # what the sound tells of its class: a linear probe's accuracy on the features, and the accuracy of real
+        # frames of the class that probe hears (the ceiling for a generator that hears only the sound)
+        "heard_accuracy": heard_accuracy,
+        "heard_ceiling": heard_ceiling,
         "conditional_accuracy": float(gen_hits.mean()),
         "conditional_accuracy_95": mean_interval(gen_hits.reshape(n, k).mean(1)),  # clips resampled
         "shuffled_accuracy": float(shuffled_hits.mean()),

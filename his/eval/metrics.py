@@ -175,3 +175,37 @@ def mean_interval(values: np.ndarray, level: float = 0.95, seed: int = 0) -> tup
     ci = scipy.stats.bootstrap((values,), np.mean, confidence_level=level, method="percentile",
                                rng=np.random.default_rng(seed)).confidence_interval
     return float(ci.low), float(ci.high)
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int,
+                 l2: float = 1e-3, steps: int = 100) -> np.ndarray:
+    """The classes a multinomial logistic regression fitted on (train_x, train_y) reads in test_x: what a linear
+    reader of the features hears. Mean cross-entropy plus l2 x ||W||^2, L-BFGS from zero (deterministic)."""
+    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    weight = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimiser.zero_grad()
+        value = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * weight.square().sum()
+        value.backward()
+        return value
+
+    optimiser.step(loss)
+    with torch.no_grad():
+        return (torch.as_tensor(np.asarray(test_x), dtype=torch.float64) @ weight + bias).argmax(1).numpy()
+
+
+def heard_class_ceiling(heard: np.ndarray, labels: np.ndarray, frame_predicted: np.ndarray) -> float:
+    """The conditional accuracy of an ideal generator that draws, for each test sound i, a real test frame of the
+    class heard_i it hears: the mean over sounds of the share of real test frames of class heard_i that the frame
+    classifier reads as labels_i (frame_predicted: its class for each real test frame, labels their classes).
+    Below the real-frame ceiling by what the sound does not tell of its class."""
+    heard, labels, frame_predicted = (np.asarray(a, np.int64) for a in (heard, labels, frame_predicted))
+    n = int(max(heard.max(), labels.max(), frame_predicted.max())) + 1
+    confusion = np.full((n, n), np.nan)  # confusion[k, j]: share of real frames of class k read as j
+    for k in np.unique(labels):
+        confusion[k] = np.bincount(frame_predicted[labels == k], minlength=n) / (labels == k).sum()
+    return float(np.nanmean(confusion[heard, labels]))

@@ -98,6 +98,7 @@ def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
         test_frames=centre_crop(test[train_cfg.frames]),
         test_labels=test["label"].astype(np.int64),
         test_features=load_features(train_cfg.features, "test"),
+        train_features=load_features(train_cfg.features, "train"),
         test_video_ids=test.get("video_id"),
         test_audio=load_rows(index, "test", "audio"),  # not with load_split: that reads every clip's audio
     )

@@ -111,6 +111,7 @@ class TrainConfig(GANConfig):
     features: str = ""  # feature set dir (CLIPS/features/<sha12>/, holding index.h5), rows aligned with the clips
     frames: str = "frame64"  # frame64 | frame88 (88x66, random 64x64 crops, §5.3)
     cond_dim: int = 1024
+    critic_labels: bool = False  # projection critic: also project on the clip's class (Miyato & Koyama's y^T V phi(x)); G hears only the sound
     init_from: str = ""  # checkpoint to warm-start from (e.g. a pretrain run's); matching tensors only
     sample_sounds: int = 3  # fixed held-out sounds in the sample grid, one per class in turn
     val_fraction: float = 0.0  # > 0: hold out this fraction of each class's train video groups for validation
@@ -181,6 +182,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
             ("frames", cfg.frames in ("frame64", "frame88"), "frame64 | frame88"),
             ("val_fraction", 0 <= cfg.val_fraction < 1, "in [0, 1)"),
             ("cond_dim", cfg.cond_dim > 0, "> 0"),
+            ("critic_labels", not cfg.critic_labels or cfg.critic == "projection", "false unless critic=projection"),
             ("sample_sounds", cfg.sample_sounds > 0, "> 0"),
             ("val_every", cfg.val_every > 0, "> 0"),
             ("val_images", cfg.val_images > 0, "> 0"),

@@ -7,6 +7,7 @@ frames are 120 MB). `Batches` walks DistributedSampler's order and can restart a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,13 @@ class TrainingData:
     sample_cond: np.ndarray | None = None
     validation: Validation | None = None
     sample_audio: np.ndarray | None = None  # int16 (S, samples): the sample grid's sounds, when test rows
+    n_classes: int = 0
+    critic_cond: np.ndarray | None = None  # float32 (N, D + n_classes): cond and one-hot class, for a critic with labels
+
+    def with_critic_labels(self) -> "TrainingData":
+        """The same rows, the critic's condition now the sound followed by the one-hot class."""
+        one_hot = np.eye(self.n_classes, dtype=np.float32)[self.labels]
+        return dataclasses.replace(self, critic_cond=np.concatenate([self.cond, one_hot], axis=1))
 
 
 def _h5(path: str, name: str, field_name: str) -> Path:
@@ -92,7 +100,8 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     rows = _one_per_class(held_out["label"].astype(np.int64), cfg.sample_sounds)
     return TrainingData(train[cfg.frames], cond, labels, held_out[cfg.frames][rows],
                         (cond if held_cond is None else held_cond)[rows], validation,
-                        sample_audio=load_rows(index, "test", "audio", rows) if held_cond is not None else None)
+                        sample_audio=load_rows(index, "test", "audio", rows) if held_cond is not None else None,
+                        n_classes=n_classes)
 
 
 def _one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
@@ -151,8 +160,9 @@ class WrongSounds:
 
 
 def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, rng: torch.Generator,
-               device: torch.device, flip: bool, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Images in [-1, 1] (random 64x64 crops of larger frames, random flips), their conditions, wrong ones."""
+               device: torch.device, flip: bool, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """Images in [-1, 1] (random 64x64 crops of larger frames, random flips), their sounds (what G hears), the
+    critic's conditions of the rows and of their wrong rows (the sounds, or with labels the sounds and classes)."""
     # uint8 rows go to the device as they are; crops, flips and scaling happen there (the host only gathers rows)
     frames = torch.from_numpy(data.frames[rows]).to(device, non_blocking=True)
     b, h, w, _ = frames.shape
@@ -169,10 +179,11 @@ def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, 
     real = scale_to_images(images)
     real = real.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if data.cond is None:
-        return real, None, None
+        return real, None, None, None
     cond = torch.from_numpy(data.cond[rows]).to(device, non_blocking=True)
+    critic_rows = data.cond if data.critic_cond is None else data.critic_cond
+    critic_cond = cond if data.critic_cond is None else torch.from_numpy(critic_rows[rows]).to(device, non_blocking=True)
     wrong_cond = None
     if wrong is not None:
-        wrong_rows = wrong.for_rows(rows, rng)
-        wrong_cond = torch.from_numpy(data.cond[wrong_rows]).to(device, non_blocking=True)
-    return real, cond, wrong_cond
+        wrong_cond = torch.from_numpy(critic_rows[wrong.for_rows(rows, rng)]).to(device, non_blocking=True)
+    return real, cond, critic_cond, wrong_cond

@@ -107,12 +107,12 @@ def _optimiser(cfg: GANConfig, params) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr)
 
 
-def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device) -> GAN:
+def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device, n_classes: int = 0) -> GAN:
     torch.manual_seed(cfg.seed)
     generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim).to(device)
     proj_dim = cfg.proj_dim if cfg.critic == "concat" else None  # projection: one linear embedding, as published
     critic = build_critic(cfg.critic, cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm,
-                          cfg.critic_pool).to(device)
+                          cfg.critic_pool, n_classes).to(device)
     if cfg.channels_last:
         generator, critic = generator.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
     # The EMA averages batch-norm statistics too (use_buffers), so its samples need no statistics of their own.
@@ -204,7 +204,8 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     n_d = critic_steps(cfg.objective, step, cfg.n_critic, cfg.warmup_gen_steps, cfg.warmup_critic_steps, cfg.warmup_every)
     for i in range(n_d):
         t0 = time.perf_counter()
-        real, cond, wrong_cond = make_batch(data, next(batches), wrong, rng, device, cfg.flip, cfg.channels_last)
+        real, cond, critic_cond, wrong_cond = make_batch(data, next(batches), wrong, rng, device, cfg.flip,
+                                                         cfg.channels_last)
         meter.batch(real.shape[0], time.perf_counter() - t0)
         z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
         gp_eps = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(device)
@@ -212,7 +213,7 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
             fake = gan.generate(z, cond).to(real.dtype)  # one input dtype for the critic (no compile re-tracing)
         with autocast():  # DiffAugment on real, fake and mismatched inputs alike; the penalty sees them plain
             loss_d, terms_d = critic_loss(cfg.objective, augmented(gan.criticise, cfg.diffaugment, rng), real, fake,
-                                          cond, wrong_cond, cfg.alpha, cfg.gp_lambda, gp_critic=gan.criticise_for_gp,
+                                          critic_cond, wrong_cond, cfg.alpha, cfg.gp_lambda, gp_critic=gan.criticise_for_gp,
                                           gp_eps=gp_eps)
         gan.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -227,7 +228,7 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
     with autocast():
         loss_g, terms_g = generator_loss(cfg.objective, augmented(gan.criticise_for_g, cfg.diffaugment, rng),
-                                         gan.generate(z, cond), cond)
+                                         gan.generate(z, cond), critic_cond)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.critic.requires_grad_(True)
@@ -305,7 +306,10 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     run_dir, device, world = Path(cfg.out), dd.device, dd.world
     say = log.info if dd.is_main else (lambda *a, **k: None)  # status lines from rank 0 only
 
-    gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device)
+    n_classes = data.n_classes if conditional and cfg.critic_labels else 0
+    if n_classes:
+        data = data.with_critic_labels()
+    gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device, n_classes)
     (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say, dd.is_main)
     distribute(gan, cfg, dd)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # noqa: E731
