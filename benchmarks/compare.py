@@ -1,13 +1,14 @@
 """Every objective on the same budget, on rooms that give the class away and rooms that do not, 3 and 10 classes.
 
     python -m benchmarks.compare --out compare [--rooms shared,per-class] [--classes 3,10]
-        [--variants gan-cls,wgan,wgan-gp,wgan-gp-demo,hinge,hinge-simple-g] [--steps 400] [--seed 0] [key=value ...]
+        [--variants gan-cls,wgan,wgan-gp,wgan-gp-demo,hinge,hinge-simple-g,hinge-labels] [--steps 400] [--seed 0] [key=value ...]
 
 For each data set (rooms x classes) `make demo`'s pipeline makes the data, fine-tunes SoundNet, extracts the
 features and trains the demo's own recipe (row "demo"); then each variant trains from scratch with the same
 widths, batch and generator steps (its objective's defaults: the report's generator and critic for the report's
 three, the ResNet generator, DiffAugment and an EMA for hinge; wgan-gp-demo is the previous demo's WGAN-GP with 2
-critic steps at lr 3e-4, hinge-simple-g hinge with the report's generator), and his.eval scores the checkpoint
+critic steps at lr 3e-4, hinge-simple-g hinge with the report's generator, hinge-labels hinge whose critic also
+projects on the class), and his.eval scores the checkpoint
 chosen on validation groups. key=value overrides apply to every variant.
 
 Each data set is labelled with its real-frame ceiling and its sound-limited ceiling (real frames of the class a
@@ -46,6 +47,7 @@ RECIPES = {  # per variant, beyond its objective's OBJECTIVE_DEFAULTS (hinge's: 
     "gan-cls": ["objective=gan-cls"], "wgan": ["objective=wgan"], "wgan-gp": ["objective=wgan-gp"],
     "wgan-gp-demo": ["objective=wgan-gp", "n_critic=2", "lr=3e-4"],
     "hinge": ["objective=hinge"], "hinge-simple-g": ["objective=hinge", "generator=simple"],
+    "hinge-labels": ["objective=hinge", "critic_labels=true"],
 }
 BUDGET = ["ngf=16", "ndf=16", "batch_size=32", "log_every=20", "sample_every=100000", "ckpt_every=200",
           "val_fraction=0.2", "val_every=50"]
