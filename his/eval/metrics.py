@@ -202,7 +202,8 @@ def heard_class_ceiling(heard: np.ndarray, labels: np.ndarray, frame_predicted: 
     """The conditional accuracy of an ideal generator that draws, for each test sound i, a real test frame of the
     class heard_i it hears: the mean over sounds of the share of real test frames of class heard_i that the frame
     classifier reads as labels_i (frame_predicted: its class for each real test frame, labels their classes).
-    Below the real-frame ceiling by what the sound does not tell of its class."""
+    Below the real-frame ceiling by what the sound does not tell of its class. Sounds heard as a class that has
+    no test frames are left out (there is no real frame of it to read)."""
     heard, labels, frame_predicted = (np.asarray(a, np.int64) for a in (heard, labels, frame_predicted))
     n = int(max(heard.max(), labels.max(), frame_predicted.max())) + 1
     confusion = np.full((n, n), np.nan)  # confusion[k, j]: share of real frames of class k read as j
