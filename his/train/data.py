@@ -181,8 +181,11 @@ def make_batch(data: TrainingData, rows: np.ndarray, wrong: WrongSounds | None, 
     if data.cond is None:
         return real, None, None, None
     cond = torch.from_numpy(data.cond[rows]).to(device, non_blocking=True)
-    critic_rows = data.cond if data.critic_cond is None else data.critic_cond
-    critic_cond = cond if data.critic_cond is None else torch.from_numpy(critic_rows[rows]).to(device, non_blocking=True)
+    if data.critic_cond is None:  # the critic reads what G hears
+        critic_rows, critic_cond = data.cond, cond
+    else:
+        critic_rows = data.critic_cond
+        critic_cond = torch.from_numpy(critic_rows[rows]).to(device, non_blocking=True)
     wrong_cond = None
     if wrong is not None:
         wrong_cond = torch.from_numpy(critic_rows[wrong.for_rows(rows, rng)]).to(device, non_blocking=True)
