@@ -274,6 +274,23 @@ def test_classifier_is_cached_by_data(data, cache_dir):
     shuffled = np.roll(data.train_labels, 1)
     _, other_path = train_classifier(data.train_frames, shuffled, N_CLASSES, NetTraining(steps=1), cache_dir)
     assert other_path != path
+    jittered = dataclasses.replace(SETTINGS.classifier, augment="color")
+    _, jittered_path = train_classifier(data.train_frames, data.train_labels, N_CLASSES, jittered, cache_dir)
+    assert jittered_path != path
+
+
+def test_the_classifier_batch_is_flipped_shifted_then_colour_jittered():
+    from his.augment import color
+    from his.eval.classifier import CLASSIFIER_TRAINING, _augment
+
+    x = torch.rand(6, 3, 64, 64) * 2 - 1
+    plain = _augment(x, torch.Generator().manual_seed(5))
+    assert torch.equal(_augment(x, torch.Generator().manual_seed(5), ""), plain)
+    g = torch.Generator().manual_seed(5)
+    expected = color(_augment(x, g), g)  # the same draws, in the same order
+    assert torch.equal(_augment(x, torch.Generator().manual_seed(5), "color"), expected)
+    assert not torch.allclose(expected, plain)
+    assert CLASSIFIER_TRAINING.augment == "color"
 
 
 def test_real_frames_as_generated_score_like_real_frames(real_results):
@@ -460,3 +477,7 @@ def test_python_m_his_eval_on_a_run_directory(data, datasets, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(run_dir), str(tmp_path / "nowhere")])
     assert e.value.code == 2
+    capsys.readouterr()
+    assert main([str(run_dir), "classifier_augment=hue"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "classifier_augment" in err and "'hue'" in err, err

@@ -480,7 +480,7 @@ def test_validation_curve_and_best_checkpoint_use_held_out_training_groups(clips
     from his.train.checkpoint import chosen_checkpoint
     from his.train.data import load_clips
 
-    cfg = tiny(clips, tmp_path, max_steps=5, val_fraction=0.2, val_every=2)
+    cfg = tiny(clips, tmp_path, max_steps=5, val_fraction=0.2, val_every=2, val_classifier_steps=100)
     data = load_clips(cfg)
     with h5py.File(clips / "index.h5") as f:
         train_groups = f["group"][f["split"][()] == 0]
@@ -521,7 +521,7 @@ def test_ema_warm_up_follows_the_generator_early():
 @pytest.mark.parametrize("field,value", [("max_steps", -5), ("epochs", -1), ("log_every", 0),
                                          ("ckpt_every", 0), ("sample_every", 0), ("hist_every", 0), ("ngf", 0),
                                          ("batch_size", 0), ("keep_checkpoints", 0), ("val_every", 0),
-                                         ("wrong_sounds", "other-video"), ("critic_pool", "max"), ("generator", "big")])
+                                         ("val_classifier_steps", 0), ("wrong_sounds", "other-video"), ("critic_pool", "max"), ("generator", "big")])
 def test_out_of_range_fields_are_named_before_any_work(tmp_path, field, value):
     from his.train.config import resolve
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from his.augment import diff_augment
 from his.frames import to_images
 from his.io import atomic_path
 
@@ -35,6 +36,15 @@ class NetTraining:
     width: int = 16
     feature_dim: int = 64
     seed: int = 0
+    augment: str = ""  # a his.augment (DiffAugment) policy drawn on top of the flip and shift, e.g. "color"
+
+
+# The frame classifier's recipe. A held-out player brings a room and clothes the training players never wore
+# together, so the classifier must read the instrument's shape, not colours: with colour jitter, width 32 and
+# 3000 steps it reads 0.84-1.0 of the held-out frames of three generated sets where 400 steps at width 16
+# without jitter read 0.63-0.69 (README, "The measuring classifier"). The regressor keeps the plain recipe:
+# the attributes it reads include brightness, which colour jitter would teach it to ignore.
+CLASSIFIER_TRAINING = NetTraining(steps=3000, width=32, augment="color")
 
 
 class FrameNet(nn.Module):
@@ -61,8 +71,9 @@ class FrameNet(nn.Module):
         return self.head(features), features
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to 4 px (reflect padding), one draw per image."""
+def _augment(x: torch.Tensor, generator: torch.Generator, policy: str = "") -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to 4 px (reflect padding), one draw per image, then the
+    DiffAugment `policy` (Zhao et al. 2020)."""
     n = x.shape[0]
     flip = torch.rand(n, generator=generator) < 0.5
     x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
@@ -70,7 +81,8 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     dx = torch.randint(0, 9, (n,), generator=generator).tolist()
     dy = torch.randint(0, 9, (n,), generator=generator).tolist()
     h, w = x.shape[2:]
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    return diff_augment(x, policy, generator)
 
 
 def _fit(
@@ -100,7 +112,7 @@ def _fit(
             order, position = torch.randperm(n, generator=generator), 0
         batch = order[position : position + training.batch_size].to(device)
         position += training.batch_size
-        output, _ = net(_augment(x_all[batch], generator))
+        output, _ = net(_augment(x_all[batch], generator, training.augment))
         loss = loss_fn(output, targets[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,7 +161,7 @@ def train_classifier(
     frames: np.ndarray,
     labels: np.ndarray,
     n_classes: int,
-    training: NetTraining = NetTraining(),
+    training: NetTraining = CLASSIFIER_TRAINING,
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[FrameNet, Path | None]:

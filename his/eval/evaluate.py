@@ -28,6 +28,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from his.constants import SAMPLE_RATE
 from his.eval import figures
 from his.eval.classifier import (
+    CLASSIFIER_TRAINING,
     FrameNet,
     NetTraining,
     run_net,
@@ -88,7 +89,7 @@ class EvalData:
 
 @dataclass
 class EvalSettings:
-    classifier: NetTraining = field(default_factory=NetTraining)
+    classifier: NetTraining = CLASSIFIER_TRAINING
     regressor: NetTraining = field(default_factory=NetTraining)
     kid_subset_size: int = 1000
     kid_subsets: int = 100

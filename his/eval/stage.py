@@ -27,10 +27,11 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from his.augment import parse_policy
 from his.config import ConfigError, config_to_dict, load_config, save_config, stage_main
 from his.data.dataset import load_features, load_rows, load_split, read_classes
 from his.distributed import choose_device
-from his.eval.classifier import NetTraining
+from his.eval.classifier import CLASSIFIER_TRAINING, NetTraining
 from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
 from his.frames import centre_crop
 from his.models import build_generator
@@ -53,7 +54,9 @@ class EvalConfig:
     cache: str = ""  # evaluation networks; default: CLIPS/eval-cache
     attributes: str = ""  # attributes.json of a his.synth data set; default: found above the source videos
     attribute_names: list[str] = field(default_factory=lambda: ["pitch_register", "loudness", "tempo_bpm"])
-    classifier_steps: int = 400
+    classifier_steps: int = CLASSIFIER_TRAINING.steps
+    classifier_width: int = CLASSIFIER_TRAINING.width
+    classifier_augment: str = CLASSIFIER_TRAINING.augment  # a his.augment policy; "" for flip and shift only
     regressor_steps: int = 400
     figure8_class: str = ""  # default: the first class
 
@@ -175,6 +178,10 @@ def load_run_generator(run_dir: Path, checkpoint: str,
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate the run's checkpoint; returns the overall numbers and the paths written."""
+    try:
+        parse_policy(cfg.classifier_augment)
+    except ValueError as e:
+        raise ConfigError(f"config: classifier_augment: {e}") from None
     run_dir = Path(cfg.run)
     device = choose_device(cfg.device)
     train_cfg, checkpoint_path, checkpoint, generator = load_run_generator(run_dir, cfg.checkpoint, device)
@@ -186,7 +193,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                                  cfg.batch_size, device)
     clips = Path(train_cfg.clips)
     settings = EvalSettings(
-        classifier=NetTraining(steps=cfg.classifier_steps, seed=cfg.seed),
+        classifier=NetTraining(steps=cfg.classifier_steps, width=cfg.classifier_width, seed=cfg.seed,
+                               augment=cfg.classifier_augment),
         regressor=NetTraining(steps=cfg.regressor_steps, seed=cfg.seed),
         seed=cfg.seed,
         batch_size=cfg.batch_size,

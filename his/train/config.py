@@ -89,7 +89,8 @@ class GANConfig:
 # changes what the checkpoints hold, so resuming them under it would train something nobody asked for.
 # init_from is read only at step 0.
 RESUMABLE = frozenset({"epochs", "max_steps", "log_every", "sample_every", "hist_every", "ckpt_every",
-                       "keep_checkpoints", "val_every", "resume", "device", "compile", "stop_signals", "init_from"})
+                       "keep_checkpoints", "val_every", "val_classifier_steps", "resume", "device", "compile",
+                       "stop_signals", "init_from"})
 
 
 @dataclass
@@ -118,6 +119,7 @@ class TrainConfig(GANConfig):
     val_seed: int = 0  # which groups (fine-tuning's default seed, so the same groups are held out there)
     val_every: int = 100  # generator steps between validation accuracies (TensorBoard val/, checkpoints/best.pt)
     val_images: int = 4  # images per validation sound
+    val_classifier_steps: int = 3000  # training steps of the frame classifier that reads them (his.eval's recipe)
 
 
 def _policy_ok(policy: str) -> bool:
@@ -186,6 +188,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
             ("sample_sounds", cfg.sample_sounds > 0, "> 0"),
             ("val_every", cfg.val_every > 0, "> 0"),
             ("val_images", cfg.val_images > 0, "> 0"),
+            ("val_classifier_steps", cfg.val_classifier_steps > 0, "> 0"),
         ]
     for name, ok, want in checks:
         if not ok:

@@ -9,22 +9,24 @@ The test split is never looked at. The classifier is his.eval's, cached beside t
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from his.eval.classifier import NetTraining, run_net, train_classifier
+from his.eval.classifier import CLASSIFIER_TRAINING, run_net, train_classifier
 from his.eval.evaluate import generate_samples
 from his.train.data import Validation
 
 
 class ValidationAccuracy:
     def __init__(self, validation: Validation, train_labels: np.ndarray, z_dim: int, images_per_sound: int, seed: int,
-                 device: torch.device, cache_dir: str | os.PathLike | None) -> None:
+                 device: torch.device, cache_dir: str | os.PathLike | None, classifier_steps: int) -> None:
         self.validation, self.z_dim, self.k, self.seed, self.device = validation, z_dim, images_per_sound, seed, device
         self.classifier, _ = train_classifier(validation.train_frames, train_labels, validation.n_classes,
-                                              NetTraining(), cache_dir, device)
+                                              replace(CLASSIFIER_TRAINING, steps=classifier_steps), cache_dir,
+                                              device)
         logits, _ = run_net(self.classifier, validation.frames, device=device)
         self.ceiling = float((logits.argmax(1) == validation.labels).mean())  # the same reading of real frames
 
