@@ -27,13 +27,19 @@ def step(name: str, args: list[str], timings: list[tuple[str, float]]) -> None:
         sys.exit(f"make demo: step {name!r} failed (exit {done.returncode})")
 
 
-def headline(overall: dict) -> str:
-    """The numbers that say whether the images follow the sound, against what real frames score."""
+def headline(results: dict) -> str:
+    """The numbers that say whether the images follow the sound, against what real frames and looking a frame up
+    score."""
+    overall = results["overall"]
     acc, ceiling, chance = overall["conditional_accuracy"], overall["ceiling_accuracy"], overall["chance_accuracy"]
     heard = overall.get("heard_ceiling")
     heard_part = f" ({acc / heard:.0%} of the sound-limited ceiling {heard:.3f})" if heard else ""
+    baseline = (results.get("retrieval_baseline") or {}).get("overall")
+    baseline_part = (f"; the retrieval baseline (training frames looked up by sound) {baseline['conditional_accuracy']:.3f}"
+                     if baseline else "")
     return (f"conditional accuracy {acc:.3f} on held-out sounds = {acc / ceiling:.0%} of the real-frame ceiling "
-            f"{ceiling:.3f}{heard_part}; shuffled-sound control {overall['shuffled_accuracy']:.3f} (chance {chance:.3f})")
+            f"{ceiling:.3f}{heard_part}; shuffled-sound control {overall['shuffled_accuracy']:.3f} (chance {chance:.3f})"
+            f"{baseline_part}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run / "eval" / "results.md"
     print(results.read_text() if results.exists() else f"(no {results})")
     if (run / "eval" / "results.json").is_file():
-        print(headline(json.loads((run / "eval" / "results.json").read_text())["overall"]))
+        print(headline(json.loads((run / "eval" / "results.json").read_text())))
     for png in sorted((run / "eval").glob("*.png")):
         print(f"figure: {png}")
     print("\nstep        seconds")

@@ -27,6 +27,8 @@ from his.eval.evaluate import (
     evaluate,
     generate_samples,
     generate_shuffled,
+    retrieval_baseline,
+    retrieval_samples,
 )
 from his.eval.metrics import (
     diversity,
@@ -36,6 +38,8 @@ from his.eval.metrics import (
     linear_probe,
     mean_pairwise_distance,
     mean_interval,
+    nearest_distance,
+    nearest_rows,
     retrieval_recall,
     spearman,
     within_class_spearman,
@@ -180,6 +184,13 @@ def test_retrieval_recall_on_known_ranks():
     # leave-one-out on the gallery itself: row 3's nearest other row is row 2, same class
     loo = retrieval_recall(gallery, np.arange(4), gallery, labels, ks=(1,), exclude_self=True)
     assert loo["own_r1"] == 0.0 and loo["class_r1"] == 0.75
+
+
+def test_nearest_rows_and_distance_on_known_points():
+    gallery = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 3.0], [0.0, 3.0]])
+    queries = np.array([[9.0, 0.0], [0.0, 2.0]])
+    assert nearest_rows(queries, gallery, 2).tolist() == [[1, 0], [2, 3]]  # ties rank by gallery index
+    assert nearest_distance(queries, gallery) == pytest.approx([1.0, 1.0])
 
 
 def test_diversity_on_known_points():
@@ -394,6 +405,8 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
     assert "| conditional accuracy [95% bootstrap over clips] |" in markdown and "| square |" in markdown and "| loudness |" in markdown
     assert "| shuffled sound: read as the clip's class (chance 1/3 = 0.333) |" in markdown
     assert "| shuffled sound: read as the sound's class |" in markdown
+    assert "| metric | generated | retrieval baseline | real |" in markdown
+    assert first_json["retrieval_baseline"]["overall"]["conditional_accuracy"] >= 0.9
 
     # his.grid pads around every image, the outer border included
     grid, gap, label = 4 * 64 + 5 * figures.PAD, figures.GAP, figures.LABEL_WIDTH
@@ -414,6 +427,8 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
         first["overall"]["shuffled_follows_sound"]
     )
     assert {"eval/figure7", "eval/figure8"} <= set(events.Tags()["images"])
+    assert events.Scalars("eval_retrieval_baseline/conditional_accuracy")[0].value == pytest.approx(
+        first["retrieval_baseline"]["overall"]["conditional_accuracy"])
 
 
 # ---- the stage on a his.train run directory ----------------------------------------------------------------
@@ -481,3 +496,23 @@ def test_python_m_his_eval_on_a_run_directory(data, datasets, tmp_path, capsys):
     assert main([str(run_dir), "classifier_augment=hue"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "classifier_augment" in err and "'hue'" in err, err
+
+
+def test_retrieval_baseline_looks_up_the_nearest_sounds_frames(data):
+    looked_up = retrieval_samples(data.train_features, data.train_frames, data.test_features[:2], k=3)
+    nearest = np.argsort(((data.train_features[None] - data.test_features[:2, None]) ** 2).sum(-1), axis=1)[:, :3]
+    np.testing.assert_array_equal(looked_up, data.train_frames[nearest])
+    # the features here are class and attributes: a looked-up frame is always of the sound's class
+    assert (data.train_labels[nearest] == data.test_labels[:2, None]).all()
+
+
+def test_retrieval_baseline_scores_like_real_frames_and_is_caught_copying(data, real_results, cache_dir):
+    baseline = retrieval_baseline(data, 8, SETTINGS, cache_dir)["overall"]
+    assert baseline["conditional_accuracy"] >= 0.9
+    assert baseline["shuffled_accuracy"] <= 0.05  # looked up from another class's sound
+    # training frames themselves: distance 0 to the nearest training frame (up to float32 round-off in cdist's
+    # matrix-product form), where fresh frames are far
+    assert baseline["nearest_train_ratio"] < 0.02
+    real = real_results["overall"]
+    assert real["nearest_train_distance_real"] > 1.0
+    assert 0.8 <= real["nearest_train_ratio"] <= 1.25  # fresh frames: as far as the real test frames

@@ -42,6 +42,8 @@ from his.eval.metrics import (
     kernel_distance,
     linear_probe,
     mean_interval,
+    nearest_distance,
+    nearest_rows,
     mean_pairwise_distance,
     retrieval_recall,
     spearman,
@@ -172,6 +174,29 @@ def generate_shuffled(
     sounds = cross_class_derangement(labels, seed)
     samples = generate_samples(generate, np.asarray(features)[sounds], k, z_dim, seed, batch_size, device)
     return ShuffledSounds(sounds, samples)
+
+
+def retrieval_samples(train_features: np.ndarray, train_frames: np.ndarray, features: np.ndarray,
+                      k: int) -> np.ndarray:
+    """The retrieval baseline's "samples": for each sound, the real training frames of the k training clips whose
+    sound features are nearest, nearest first: uint8 (n, k, 64, 64, 3). The sceptic's first question of any
+    sound-to-image generator is whether it beats looking a frame up by sound."""
+    return np.asarray(train_frames)[nearest_rows(features, train_features, k)]
+
+
+def _pixels(frames: np.ndarray) -> np.ndarray:
+    return np.asarray(frames, np.float32).reshape(len(frames), -1) / 255.0
+
+
+def _nearest_train_distances(train_frames: np.ndarray, test_frames: np.ndarray, samples: np.ndarray) -> dict[str, float]:
+    """The memorisation check: the median pixel distance (frames in [0, 1]) from a generated image to its nearest
+    training frame, against the same for real test frames. A generator that copies its training frames draws
+    images nearer to them than new real frames are (ratio < 1); the retrieval baseline is at 0."""
+    train = _pixels(train_frames)
+    generated = float(np.median(nearest_distance(_pixels(samples.reshape(-1, *samples.shape[2:])), train)))
+    real = float(np.median(nearest_distance(_pixels(test_frames), train)))
+    return {"nearest_train_distance": generated, "nearest_train_distance_real": real,
+            "nearest_train_ratio": _ratio(generated, real)}
 
 
 def _classify(
@@ -359,6 +384,7 @@ def compute_metrics(
         # macro means: each class's ratio is against its own real spread
         "diversity_within_sound": _nanmean([r.get("diversity_within_sound", math.nan) for r in per_class.values()]),
         "diversity_across_sounds": _nanmean([r.get("diversity_across_sounds", math.nan) for r in per_class.values()]),
+        **_nearest_train_distances(data.train_frames, data.test_frames, samples),
     }
     results: dict[str, Any] = {
         "classes": classes,
@@ -371,6 +397,19 @@ def compute_metrics(
     if data.train_attributes and data.test_attributes:
         results["attributes"] = _attribute_following(data, samples, settings, cache_dir, device)
     return results
+
+
+def retrieval_baseline(data: EvalData, k: int, settings: EvalSettings = EvalSettings(),
+                       cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Every metric of compute_metrics for the retrieval baseline (`retrieval_samples`: k training frames per test
+    sound, looked up by sound features), with its shuffled-sound control looked up from the same shuffled sounds
+    as a generator's. Returns {"overall": ..., "per_class": ..., "attributes": ...} as compute_metrics does."""
+    looked_up = retrieval_samples(data.train_features, data.train_frames, data.test_features, k)
+    sounds = cross_class_derangement(data.test_labels, settings.seed)
+    shuffled = ShuffledSounds(sounds, retrieval_samples(data.train_features, data.train_frames,
+                                                        np.asarray(data.test_features)[sounds], k))
+    results = compute_metrics(data, looked_up, settings, cache_dir, device, shuffled)
+    return {key: results[key] for key in ("overall", "per_class", "attributes") if key in results}
 
 
 def _figure_clips(data: EvalData, settings: EvalSettings) -> tuple[list[int], tuple[int, int] | None]:
@@ -400,11 +439,14 @@ def _markdown(results: dict[str, Any]) -> str:
         "FID/KID; leave-one-out test frames for class retrieval). Diversity: mean pairwise feature distance, "
         "divided by that among the real train frames of the class. Shuffled sound: each clip's images drawn "
         "again, with the same noise, from the sound of a clip of another class; images that follow the sound are "
-        "read as the clip's own class almost never, as the sound's class about as often as in conditional accuracy.",
+        "read as the clip's own class almost never, as the sound's class about as often as in conditional accuracy. "
+        "Retrieval baseline: for each sound, the training frames of the K training clips whose sound features are "
+        "nearest, scored as if generated; a generator that does not beat it has not learned to draw sound. Nearest "
+        "training frame: a generator that copies draws images nearer to its training frames than new real frames are.",
         "",
-        "| metric | generated | real |",
-        "|---|---|---|",
-        *(f"| {name} | {cell(generated)} | {cell(real)} |" for name, generated, real in summary_rows(results)),
+        "| metric | generated | retrieval baseline | real |",
+        "|---|---|---|---|",
+        *(f"| {name} | " + " | ".join(cell(v) for v in values) + " |" for name, *values in summary_rows(results)),
         "",
         "| class | clips | accuracy | ceiling | accuracy, shuffled sound | R@1 own | R@5 own | R@1 class | FID "
         "| FID real | KID | KID real | div. within | div. across |",
@@ -475,6 +517,8 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = compute_metrics(data, samples, settings, cache_dir, device, shuffled)
+    if data.train_features is not None and data.test_features is not None:
+        results["retrieval_baseline"] = retrieval_baseline(data, samples.shape[1], settings, cache_dir, device)
 
     seven_rows, eight_rows = _figure_clips(data, settings)
     labels = np.asarray(data.test_labels)
@@ -502,6 +546,9 @@ def evaluate(
             for key, value in results["overall"].items():
                 if isinstance(value, float) and not math.isnan(value):
                     writer.add_scalar(f"eval/{key}", value, step)
+            for key, value in results.get("retrieval_baseline", {}).get("overall", {}).items():
+                if isinstance(value, float) and not math.isnan(value):
+                    writer.add_scalar(f"eval_retrieval_baseline/{key}", value, step)
             for name, attribute in results.get("attributes", {}).items():
                 if not math.isnan(attribute["spearman"]):
                     writer.add_scalar(f"eval/spearman_{name}", attribute["spearman"], step)

@@ -132,6 +132,26 @@ def retrieval_recall(
     return recall
 
 
+def nearest_rows(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """For each query row, the indices of its k nearest gallery rows by Euclidean distance, nearest first:
+    int (q, k). Ties rank by gallery index (a stable sort), so the answer is the same on every run."""
+    gallery_t = torch.from_numpy(np.asarray(gallery, np.float64))
+    k = min(k, len(gallery_t))
+    found = []
+    for start in range(0, len(queries), chunk):
+        distances = torch.cdist(torch.from_numpy(np.asarray(queries[start : start + chunk], np.float64)), gallery_t)
+        found.append(torch.sort(distances, dim=1, stable=True).indices[:, :k].numpy())
+    return np.concatenate(found) if found else np.zeros((0, k), np.int64)
+
+
+def nearest_distance(queries: np.ndarray, gallery: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """For each query row, the Euclidean distance to its nearest gallery row: float (q,)."""
+    gallery_t = torch.from_numpy(np.asarray(gallery, np.float32))
+    out = [torch.cdist(torch.from_numpy(np.asarray(queries[start : start + chunk], np.float32)), gallery_t).amin(1)
+           for start in range(0, len(queries), chunk)]
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation; nan when either side is constant or there are fewer than three pairs."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -48,9 +48,8 @@ def _with_interval(value: float, bounds: list[float] | None) -> str | float:
     return f"{format_number(value)} {format_interval(bounds)}" if bounds else value
 
 
-def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """The overall numbers of compute_metrics as (metric, generated, real) rows, for results.md and the page."""
-    o, n_classes = results["overall"], len(results["classes"])
+def _overall_rows(o: dict[str, Any], n_classes: int) -> list[tuple[str, Any, Any]]:
+    """compute_metrics' overall numbers `o` as (metric, these images, real frames) rows."""
     return [
         ("conditional accuracy [95% bootstrap over clips]", _with_interval(o["conditional_accuracy"],
                                                                           o.get("conditional_accuracy_95")),
@@ -70,13 +69,26 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         ("intra-class KID (mean over classes)", o["intra_kid"], o["intra_kid_real"]),
         ("diversity within one sound / real", o["diversity_within_sound"], 1),
         ("diversity across sounds of a class / real", o["diversity_across_sounds"], 1),
+        ("nearest training frame, median pixel distance (real: test frames; lower than real = copying)",
+         o["nearest_train_distance"], o["nearest_train_distance_real"]),
     ]
 
 
-def attribute_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """Attribute following as (metric, generated, real) rows: the Spearman within class of each attribute."""
+def _attribute_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return [(f"Spearman within class: {name} → what the images show", a["spearman_within_class"],
              a["spearman_within_class_real"]) for name, a in results.get("attributes", {}).items()]
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """compute_metrics' overall numbers and attribute following as (metric, generated, retrieval baseline, real)
+    rows, for results.md and the page. The retrieval baseline (results["retrieval_baseline"], the training
+    frames whose sounds are nearest) is "" where it was not computed."""
+    n_classes = len(results["classes"])
+    generated = _overall_rows(results["overall"], n_classes) + _attribute_rows(results)
+    baseline = results.get("retrieval_baseline")
+    looked_up = (_overall_rows(baseline["overall"], n_classes) + _attribute_rows(baseline) if baseline
+                 else [("", "", "")] * len(generated))
+    return [(name, value, base, real) for (name, value, real), (_, base, _) in zip(generated, looked_up)]
 
 
 def write_wav(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int) -> Path:
@@ -153,15 +165,17 @@ def _entry_html(entry: Entry) -> str:
             f'<div class="media">{"".join(media)}</div></section>')
 
 
-def render_page(title: str, intro: str, entries: Sequence[Entry], summary: Sequence[tuple[str, Any, Any]] = (),
+def render_page(title: str, intro: str, entries: Sequence[Entry], summary: Sequence[tuple[str, Any, Any, Any]] = (),
                 figure_files: Sequence[str] = (), skipped: Sequence[tuple[str, str]] = ()) -> str:
     """The page as HTML text: title, intro, the summary table and figures (when given), one section per entry,
     and the inputs that were skipped with their reasons."""
     parts = [f"<h1>{_text(title)}</h1>", f"<p>{_text(intro)}</p>"]
     if summary:
-        rows = "".join(f"<tr><td>{_text(name)}</td><td class=number>{_text(format_number(generated))}</td>"
-                       f"<td class=number>{_text(format_number(real))}</td></tr>" for name, generated, real in summary)
-        parts.append(f"<table><tr><th>metric</th><th>generated</th><th>real frames</th></tr>{rows}</table>")
+        rows = "".join(f"<tr><td>{_text(name)}</td>" + "".join(f"<td class=number>{_text(format_number(v))}</td>"
+                                                               for v in values) + "</tr>"
+                       for name, *values in summary)
+        parts.append("<table><tr><th>metric</th><th>generated</th><th>retrieval baseline</th><th>real frames</th>"
+                     f"</tr>{rows}</table>")
     if figure_files:
         parts.append('<div class="figures">' + "".join(
             f'<figure><img src="{_src(f)}" alt="{_text(Path(f).stem)}"><figcaption>{_text(Path(f).stem)}'
@@ -223,5 +237,5 @@ def eval_report(out_dir: str | os.PathLike, results: dict[str, Any], data: EvalD
              "The class is the one our frame classifier (trained on real training frames) reads most often off the "
              "images; 'shuffled sound': the same noise with the sound of a clip of another class.")
     figure_files = [Path(p).name for p in results.get("figures", {}).values()]
-    summary = summary_rows(results) + attribute_rows(results)
+    summary = summary_rows(results)
     return write_page(out_dir, render_page("Hear it and see it: evaluation", intro, entries, summary, figure_files))

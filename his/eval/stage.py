@@ -215,6 +215,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "figures": results["figures"],
         "report": results["report"],
         **results["overall"],
+        **{f"retrieval_baseline_{k}": v for k, v in results.get("retrieval_baseline", {}).get("overall", {}).items()
+           if k in ("conditional_accuracy", "shuffled_accuracy")},
     }
 
 
