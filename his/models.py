@@ -192,6 +192,110 @@ class ResNetGenerator(nn.Module):
         return torch.tanh(self.to_rgb(torch.relu(self.out_norm(x))))
 
 
+class DownBlock(nn.Module):
+    """conv 4x4 stride 2 - batch norm - leaky ReLU: the encoder step of RetrievalGenerator (pix2pix's U-Net)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 4, 2, 1, bias=False)
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.leaky_relu(self.norm(self.conv(x)), SLOPE)
+
+
+class RetrievalGenerator(nn.Module):
+    """A retrieval-augmented generator: it draws from the sound AND from a real training frame whose sound is
+    near, so it varies a scene it has seen the instrument in instead of inventing one from a 1024-d vector.
+
+    Instance conditioning after IC-GAN (Casanova et al. 2021, "Instance-Conditioned GAN"), whose generator draws
+    the neighbourhood of an instance, with the instance found by retrieval as in retrieval-augmented generation
+    (Blattmann et al. 2022). The generator holds its gallery (the training frames, their sound features and their
+    video groups) as buffers, so a checkpoint carries everything it draws from and `generator(z, cond)` is called
+    like every other generator. For each sound it takes the `neighbours` training clips with the nearest sound
+    features and draws from one of them, chosen by the noise (Phi(z_0), uniform): K samples of one sound see
+    different neighbours. While training, `exclude_groups` keeps a clip's own video group (its player and room)
+    out of its neighbours, as a held-out sound's player never is in the gallery.
+
+    The network is a U-Net (pix2pix, Isola et al. 2017): the neighbour frame is encoded 64 -> 4 px; the
+    bottleneck joins it with z and the projected sound, and the decoder (ResNetGenerator's UpBlocks, the sound and
+    z in every block's conditional batch norm) draws back up to 64 px with the encoder's 8, 16 and 32 px maps
+    joined in (the skips carry the instrument's thin shapes that a 4x4 code loses). The gallery images are float16
+    in [-1, 1]: an exponential moving average of the weights leaves them exactly as they are.
+    """
+
+    residual = True
+
+    def __init__(self, cond_dim: int = 1024, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128,
+                 neighbours: int = 8) -> None:
+        super().__init__()
+        if cond_dim <= 0:
+            raise ValueError("a retrieval generator looks its neighbours up by sound: it needs cond_dim > 0")
+        self.cond_dim, self.z_dim, self.ngf, self.neighbours = cond_dim, z_dim, ngf, neighbours
+        self.project = ConditionProjection(cond_dim, proj_dim)
+        emb = proj_dim + z_dim
+        self.stem = nn.Conv2d(3, ngf, 3, padding=1)
+        self.down = nn.ModuleList([DownBlock(ngf, ngf * 2), DownBlock(ngf * 2, ngf * 4),  # 32, 16 px
+                                   DownBlock(ngf * 4, ngf * 8), DownBlock(ngf * 8, ngf * 8)])  # 8, 4 px
+        self.input = nn.Linear(emb, ngf * 8 * 16)
+        self.blocks = nn.ModuleList([UpBlock(ngf * 16, ngf * 8, emb), UpBlock(ngf * 16, ngf * 4, emb),
+                                     UpBlock(ngf * 8, ngf * 2, emb), UpBlock(ngf * 4, ngf, emb)])  # 8 .. 64 px
+        self.out_norm = nn.BatchNorm2d(ngf)
+        self.to_rgb = nn.Conv2d(ngf, 3, 3, padding=1)
+        init_weights(self)
+        for m in self.modules():
+            if isinstance(m, ConditionalBatchNorm):
+                m.zero_condition_layers()
+        self.register_buffer("gallery_images", torch.zeros(0, 3, 64, 64, dtype=torch.float16))
+        self.register_buffer("gallery_features", torch.zeros(0, cond_dim))
+        self.register_buffer("gallery_groups", torch.zeros(0, dtype=torch.long))
+
+    def set_gallery(self, images: torch.Tensor, features: torch.Tensor, groups: torch.Tensor) -> None:
+        """The frames it draws from: images (N, 3, 64, 64) in [-1, 1], their sounds' features (N, cond_dim) and
+        their video groups (N,)."""
+        if not len(images) == len(features) == len(groups) > 0:
+            raise ValueError(f"a gallery needs as many images, features and groups, at least one: got "
+                             f"{len(images)}, {len(features)}, {len(groups)}")
+        device = self.gallery_features.device
+        self.gallery_images = images.to(device, torch.float16)
+        self.gallery_features = features.to(device, torch.float32)
+        self.gallery_groups = groups.to(device, torch.long)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # a checkpoint's gallery has its own size: take it as it is
+        for name in ("gallery_images", "gallery_features", "gallery_groups"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def neighbour_rows(self, cond: torch.Tensor, z: torch.Tensor,
+                       exclude_groups: torch.Tensor | None = None) -> torch.Tensor:
+        """For each sound, the gallery row it draws from: one of its `neighbours` nearest, picked by z_0."""
+        if len(self.gallery_features) == 0:
+            raise RuntimeError("RetrievalGenerator has no gallery: call set_gallery() or load a checkpoint")
+        distances = torch.cdist(cond.float(), self.gallery_features)
+        if exclude_groups is not None:
+            distances = distances.masked_fill(exclude_groups[:, None] == self.gallery_groups[None], float("inf"))
+        k = min(self.neighbours, len(self.gallery_features))
+        nearest = distances.topk(k, dim=1, largest=False).indices
+        pick = (torch.special.ndtr(z[:, 0].float()) * k).long().clamp(0, k - 1)
+        return nearest[torch.arange(len(nearest), device=nearest.device), pick]
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor,
+                exclude_groups: torch.Tensor | None = None) -> torch.Tensor:
+        neighbour = self.gallery_images[self.neighbour_rows(cond, z, exclude_groups)].to(z.dtype)
+        emb = torch.cat([self.project(cond).to(z.dtype), z], dim=1)
+        skips = [nn.functional.leaky_relu(self.stem(neighbour), SLOPE)]
+        for down in self.down:
+            skips.append(down(skips[-1]))  # 32, 16, 8, 4 px
+        x = torch.cat([skips[-1], self.input(emb).view(-1, self.ngf * 8, 4, 4)], dim=1)
+        for block, skip in zip(self.blocks, [skips[3], skips[2], skips[1], None]):
+            x = block(x, emb)
+            if skip is not None:
+                x = torch.cat([x, skip], dim=1)
+        return torch.tanh(self.to_rgb(torch.relu(self.out_norm(x))))
+
+
 class Critic(nn.Module):
     """Fig 4c. Returns one score per image: a logit for GAN-CLS, the critic value f(x, c) for the WGANs."""
 
@@ -369,14 +473,18 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-GENERATORS = ("simple", "residual", "resnet")
+GENERATORS = ("simple", "residual", "resnet", "retrieval")
+Generator = SimpleGenerator | ResNetGenerator | RetrievalGenerator
 
 
-def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int) -> SimpleGenerator | ResNetGenerator:
-    """"simple" (fig 4b), "residual" (fig 4a), "resnet" (ResNetGenerator: SN-GAN/BigGAN-style, conditional BN)."""
+def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int, neighbours: int = 8) -> Generator:
+    """"simple" (fig 4b), "residual" (fig 4a), "resnet" (ResNetGenerator: SN-GAN/BigGAN-style, conditional BN),
+    "retrieval" (RetrievalGenerator: a U-Net over one of the `neighbours` training frames nearest by sound)."""
+    if kind == "retrieval":
+        return RetrievalGenerator(cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, neighbours=neighbours)
     classes = {"simple": SimpleGenerator, "residual": ResidualGenerator, "resnet": ResNetGenerator}
     if kind not in classes:
-        raise ValueError(f"generator must be one of {sorted(classes)}, got {kind!r}")
+        raise ValueError(f"generator must be one of {sorted([*classes, 'retrieval'])}, got {kind!r}")
     return classes[kind](cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)
 
 

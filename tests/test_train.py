@@ -84,10 +84,12 @@ def _same_state(a, b, path=""):
 
 
 MODERN = dict(objective="hinge", diffaugment="color,translation,cutout", ema_decay=0.9)
+RETRIEVAL = dict(objective="hinge", generator="retrieval", neighbours=3, l1_weight=10.0, ema_decay=0.9)
 
 
-@pytest.mark.parametrize("options", [dict(objective="gan-cls"), dict(objective="wgan"), dict(objective="wgan-gp"), MODERN],
-                         ids=["gan-cls", "wgan", "wgan-gp", "hinge-diffaugment-ema"])
+@pytest.mark.parametrize("options", [dict(objective="gan-cls"), dict(objective="wgan"), dict(objective="wgan-gp"), MODERN,
+                                     RETRIEVAL],
+                         ids=["gan-cls", "wgan", "wgan-gp", "hinge-diffaugment-ema", "retrieval-l1"])
 def test_resume_is_exact(clips, tmp_path, options):
     kw = dict(frames="frame88", max_steps=5, **options)
     whole = run(tiny(clips, tmp_path / "whole", **kw))
@@ -541,3 +543,51 @@ def test_an_unreadable_newer_checkpoint_never_costs_the_good_ones(clips, tmp_pat
     assert names == ["step-00000004.pt", "step-00000009.pt.unreadable"]
     path, ckpt = latest_checkpoint(tmp_path)
     assert path.name == "step-00000004.pt" and ckpt["step"] == 4
+
+
+def test_a_retrieval_generator_draws_from_other_players_frames_and_its_checkpoint_carries_them(clips, tmp_path):
+    from his.eval.stage import load_run_generator
+    from his.frames import centre_crop
+    from his.models import RetrievalGenerator
+
+    summary = run(tiny(clips, tmp_path / "run", frames="frame88", **RETRIEVAL))
+    assert summary["status"] == "completed" and np.isfinite(summary["final"]["l1"])
+    cfg, _, _, generator = load_run_generator(tmp_path / "run", "", torch.device("cpu"))
+    assert isinstance(generator, RetrievalGenerator) and cfg.neighbours == 3
+    with h5py.File(clips / "index.h5") as f:
+        train = f["split"][()] == 0
+        frames64 = centre_crop(f["frame88"][()][train])  # the gallery: the train frames as training shows them
+        groups = f["group"][()][train]
+    gallery = ((generator.gallery_images.float() + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(gallery, frames64, atol=1.0)  # float16 holds a uint8 frame to within a level
+    np.testing.assert_array_equal(generator.gallery_groups.numpy(), groups)
+    # a row's own group is never among its neighbours; without exclusion the nearest is the row itself
+    cond = generator.gallery_features[:4]
+    for z0 in (-3.0, 0.0, 3.0):  # z_0 picks which of the 3 nearest
+        z = torch.zeros(4, generator.z_dim)
+        z[:, 0] = z0
+        rows = generator.neighbour_rows(cond, z, exclude_groups=generator.gallery_groups[:4])
+        assert (generator.gallery_groups[rows] != generator.gallery_groups[:4]).all()
+    z = torch.zeros(4, generator.z_dim)
+    z[:, 0] = -5.0
+    assert generator.neighbour_rows(cond, z).tolist() == [0, 1, 2, 3]
+
+
+def test_the_l1_term_is_the_mean_absolute_difference_to_the_sounds_own_frame(clips, tmp_path, monkeypatch):
+    import his.train.loop as loop
+
+    seen = {}
+    original = loop.generator_loss
+
+    def spy(objective, critic, fake, cond):
+        seen["fake"] = fake.detach().clone()
+        return original(objective, critic, fake, cond)
+
+    monkeypatch.setattr(loop, "generator_loss", spy)
+    real_batches = []
+    original_batch = loop.make_batch
+    monkeypatch.setattr(loop, "make_batch", lambda *a, **k: real_batches.append(original_batch(*a, **k)) or real_batches[-1])
+    summary = run(tiny(clips, tmp_path / "run", max_steps=1, n_critic=1, l1_weight=2.0, log_every=1))
+    real = real_batches[-1][0]
+    assert summary["final"]["l1"] == pytest.approx(float((seen["fake"] - real).abs().mean()), rel=1e-5)
+    assert summary["final"]["g_loss"] != pytest.approx(summary["final"]["l1"])  # the adversarial term is apart

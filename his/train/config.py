@@ -41,13 +41,15 @@ class GANConfig:
 
     out: str = "runs/his"
     objective: str = "wgan-gp"  # gan-cls | wgan | wgan-gp | hinge
-    generator: str | None = None  # simple (fig 4b) | residual (fig 4a) | resnet (SN-GAN/BigGAN blocks, conditional BN)
+    generator: str | None = None  # simple (fig 4b) | residual (fig 4a) | resnet (SN-GAN/BigGAN blocks, conditional BN) | retrieval (a U-Net over a training frame looked up by sound)
     critic: str | None = None  # concat (fig 4c) | projection (Miyato & Koyama 2018)
     critic_norm: str | None = None  # batch | layer | none
     critic_pool: str = "sum"  # projection critic: sum (global sum pooling, as published) | flatten (keeps the 4x4 positions)
     spectral_norm: bool | None = None
     diffaugment: str | None = None  # DiffAugment policy for the critic's inputs, e.g. "translation,cutout"; "" = none
     ema_decay: float | None = None  # > 0: keep an exponential moving average of G, used for samples and evaluation
+    neighbours: int = 8  # generator=retrieval: it draws from one of the training frames of the nearest sounds
+    l1_weight: float = 0.0  # > 0: pix2pix's L1 term (Isola et al. 2017) from G's image to the sound's own frame
     ngf: int = 64
     ndf: int = 64
     z_dim: int = 100
@@ -162,6 +164,10 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("lr_scaling", cfg.lr_scaling in LR_SCALING, " | ".join(LR_SCALING)),
         ("lr_base_batch", cfg.lr_base_batch > 0, "> 0"),
         ("n_critic", cfg.n_critic > 0, "> 0"),
+        ("neighbours", cfg.neighbours > 0, "> 0"),
+        ("l1_weight", cfg.l1_weight >= 0, ">= 0"),
+        ("generator", cfg.generator != "retrieval" or isinstance(cfg, TrainConfig),
+         "another generator for pretraining (retrieval looks training frames up by sound)"),
         ("alpha", cfg.alpha >= 0, ">= 0"),
         ("wrong_sounds", cfg.wrong_sounds in WRONG_SOUNDS, " | ".join(WRONG_SOUNDS)),
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),

@@ -44,6 +44,7 @@ class TrainingData:
     sample_audio: np.ndarray | None = None  # int16 (S, samples): the sample grid's sounds, when test rows
     n_classes: int = 0
     critic_cond: np.ndarray | None = None  # float32 (N, D + n_classes): cond and one-hot class, for a critic with labels
+    groups: np.ndarray | None = None  # int (N,): the rows' video groups (players), kept out of a row's own neighbours
 
     def with_critic_labels(self) -> "TrainingData":
         """The same rows, the critic's condition now the sound followed by the one-hot class."""
@@ -77,13 +78,15 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
             raise ConfigError(f"config: frames={cfg.frames!r} is not a dataset of {index}")
         n, (n_feat, dim) = len(f["label"]), g["feature"].shape
         has_groups, n_classes = "group" in f, len(f.attrs["classes"])
+        has_video_ids = "video_id" in f
     if dim != cfg.cond_dim:
         raise ConfigError(f"config: cond_dim={cfg.cond_dim} but {feature_file} has features of size {dim}")
     if n_feat != n:
         raise ConfigError(f"config: features={cfg.features!r} has {n_feat} rows, the clips have {n}")
     if cfg.val_fraction > 0 and not has_groups:
         raise ConfigError(f"config: val_fraction={cfg.val_fraction} needs the clips' video groups; {index} has no 'group'")
-    fields = list(dict.fromkeys([cfg.frames, "label"] + (["frame64", "group"] if cfg.val_fraction > 0 else [])))
+    fields = list(dict.fromkeys([cfg.frames, "label"] + (["frame64", "group"] if cfg.val_fraction > 0 else [])
+                                + (["group"] if has_groups else ["video_id"] if has_video_ids else [])))
     train = load_split(index, "train", fields)
     test = load_split(index, "test", [cfg.frames, "label"])
     cond = load_features(features_dir, "train")
@@ -94,6 +97,9 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
                                 train["frame64"][~is_val], n_classes)
         train, cond = {k: v[~is_val] for k, v in train.items()}, cond[~is_val]
     labels = train["label"].astype(np.int64)
+    # a row's player: its video group, else its video, else only itself
+    groups = (train["group"].astype(np.int64) if has_groups else
+              np.unique(train["video_id"], return_inverse=True)[1] if has_video_ids else np.arange(len(labels)))
     if len(np.unique(labels)) < 2 and (cfg.objective == "gan-cls" or cfg.alpha > 0):
         raise ConfigError(f"config: objective={cfg.objective!r} needs sounds of another class; the train split has one class")
     held_out, held_cond = (test, load_features(features_dir, "test")) if len(test["label"]) else (train, None)
@@ -101,7 +107,7 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     return TrainingData(train[cfg.frames], cond, labels, held_out[cfg.frames][rows],
                         (cond if held_cond is None else held_cond)[rows], validation,
                         sample_audio=load_rows(index, "test", "audio", rows) if held_cond is not None else None,
-                        n_classes=n_classes)
+                        n_classes=n_classes, groups=groups)
 
 
 def _one_per_class(labels: np.ndarray, n: int) -> np.ndarray:

@@ -31,7 +31,9 @@ from his.frames import centre_crop, to_images
 from his.grid import make_grid, save_grid
 from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
-from his.models import Critic, ProjectionCritic, ResNetGenerator, SimpleGenerator, build_critic, build_generator
+from his.models import (
+    Critic, Generator, ProjectionCritic, RetrievalGenerator, build_critic, build_generator,
+)
 from his.train.checkpoint import (
     hold_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state,
     step_generator, warm_start, weights_digest,
@@ -80,7 +82,7 @@ class GAN:
     wanted); the gradient penalty calls the DDP critic eagerly: compiled double backward is not trusted.
     """
 
-    generator: SimpleGenerator | ResNetGenerator
+    generator: Generator
     critic: Critic | ProjectionCritic
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
@@ -107,9 +109,15 @@ def _optimiser(cfg: GANConfig, params) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr)
 
 
-def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device, n_classes: int = 0) -> GAN:
+def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device, n_classes: int = 0,
+              data: TrainingData | None = None) -> GAN:
+    """The networks, optimisers and EMA of `cfg`; a retrieval generator gets `data`'s training rows as its gallery
+    (before the EMA copies it)."""
     torch.manual_seed(cfg.seed)
-    generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim).to(device)
+    generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim, cfg.neighbours).to(device)
+    if isinstance(generator, RetrievalGenerator):
+        generator.set_gallery(to_images(centre_crop(data.frames)), torch.from_numpy(data.cond),
+                              torch.from_numpy(data.groups))
     proj_dim = cfg.proj_dim if cfg.critic == "concat" else None  # projection: one linear embedding, as published
     critic = build_critic(cfg.critic, cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm,
                           cfg.critic_pool, n_classes).to(device)
@@ -136,6 +144,9 @@ def ema_with_warmup(decay: float) -> Callable:
 def distribute(gan: GAN, cfg: GANConfig, dd: Distributed) -> None:
     """Wrap for DDP (more than one rank) and torch.compile (cfg.compile), after any checkpoint is loaded."""
     ids = [dd.device] if dd.device.type == "cuda" else None
+    if dd.world > 1 and isinstance(gan.generator, RetrievalGenerator):  # every rank holds the same gallery
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            gan.generator, ["gallery_images", "gallery_features", "gallery_groups"])
     wrap = lambda m: DistributedDataParallel(m, device_ids=ids, broadcast_buffers=_has_batch_norm(m))  # noqa: E731
     gen = wrap(gan.generator) if dd.world > 1 else gan.generator
     critic = wrap(gan.critic) if dd.world > 1 else gan.critic
@@ -204,13 +215,16 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     n_d = critic_steps(cfg.objective, step, cfg.n_critic, cfg.warmup_gen_steps, cfg.warmup_critic_steps, cfg.warmup_every)
     for i in range(n_d):
         t0 = time.perf_counter()
-        real, cond, critic_cond, wrong_cond = make_batch(data, next(batches), wrong, rng, device, cfg.flip,
-                                                         cfg.channels_last)
+        rows = next(batches)
+        real, cond, critic_cond, wrong_cond = make_batch(data, rows, wrong, rng, device, cfg.flip, cfg.channels_last)
+        # a retrieval generator never draws a row from a frame of its own player (a held-out sound's never is)
+        own = {"exclude_groups": torch.from_numpy(data.groups[rows]).to(device)} \
+            if isinstance(gan.generator, RetrievalGenerator) else {}
         meter.batch(real.shape[0], time.perf_counter() - t0)
         z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
         gp_eps = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(device)
         with torch.no_grad(), autocast():
-            fake = gan.generate(z, cond).to(real.dtype)  # one input dtype for the critic (no compile re-tracing)
+            fake = gan.generate(z, cond, **own).to(real.dtype)  # one input dtype for the critic (no compile re-tracing)
         with autocast():  # DiffAugment on real, fake and mismatched inputs alike; the penalty sees them plain
             loss_d, terms_d = critic_loss(cfg.objective, augmented(gan.criticise, cfg.diffaugment, rng), real, fake,
                                           critic_cond, wrong_cond, cfg.alpha, cfg.gp_lambda, gp_critic=gan.criticise_for_gp,
@@ -227,8 +241,13 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     gan.critic.requires_grad_(False)
     z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
     with autocast():
+        fake = gan.generate(z, cond, **own)
         loss_g, terms_g = generator_loss(cfg.objective, augmented(gan.criticise_for_g, cfg.diffaugment, rng),
-                                         gan.generate(z, cond), critic_cond)
+                                         fake, critic_cond)
+        if cfg.l1_weight > 0:  # pix2pix (Isola et al. 2017): the sound's own frame, pixel by pixel
+            terms_g["l1"] = (fake.float() - real.float()).abs().mean()
+            loss_g = loss_g + cfg.l1_weight * terms_g["l1"]
+            terms_g["l1"] = terms_g["l1"].detach()
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.critic.requires_grad_(True)
@@ -309,7 +328,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     n_classes = data.n_classes if conditional and cfg.critic_labels else 0
     if n_classes:
         data = data.with_critic_labels()
-    gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device, n_classes)
+    gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device, n_classes, data)
     (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say, dd.is_main)
     distribute(gan, cfg, dd)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # noqa: E731
@@ -450,7 +469,7 @@ def _log_step(writer: SummaryWriter, step: int, terms: dict[str, torch.Tensor], 
 
 
 @torch.no_grad()
-def _log_samples(writer: SummaryWriter, generator: SimpleGenerator, data: TrainingData, noise: torch.Tensor,
+def _log_samples(writer: SummaryWriter, generator: Generator, data: TrainingData, noise: torch.Tensor,
                  device: torch.device, run_dir: Path, step: int) -> None:
     """16 images for each fixed held-out sound beside its real frame (conditional), or 64 (unconditional); the
     sounds too (the audio dashboard), one per row of the grid."""
