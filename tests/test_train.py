@@ -1,6 +1,7 @@
 """The training loop on tiny generated data sets: objectives, exact resume, checkpoints, TensorBoard, DDP."""
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -499,6 +500,15 @@ def test_validation_curve_and_best_checkpoint_use_held_out_training_groups(clips
     assert summary["val_ceiling"] > 0.9  # frames of a colour per class: real validation frames are easy
     path, ckpt = chosen_checkpoint(tmp_path)
     assert path.name == "best.pt" and ckpt["step"] == best_step
+
+    # evaluation reads with the very classifier validation fitted: one fit per data set, not two
+    from his.eval.stage import EvalConfig, run as evaluate
+
+    fitted = {p: p.stat().st_mtime_ns for p in (clips / "eval-cache").glob("classifier-*.pt")}
+    results = json.loads(Path(evaluate(EvalConfig(run=str(tmp_path), k=2, classifier_steps=100,
+                                                  regressor_steps=10))["results"]).read_text())
+    assert Path(results["classifier"]["cache"]) in fitted
+    assert {p: p.stat().st_mtime_ns for p in (clips / "eval-cache").glob("classifier-*.pt")} == fitted
 
 
 def test_validation_needs_video_groups(datasets, tmp_path):

@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from his.config import ConfigError
 from his.data.dataset import load_features, load_rows, load_split, open_set, validation_mask
 from his.constants import IMAGE_SIZE
-from his.frames import scale_to_images
+from his.frames import centre_crop, scale_to_images
 from his.train.config import PretrainConfig, TrainConfig
 
 
@@ -29,7 +29,8 @@ class Validation:
     cond: np.ndarray  # float32 (V, D)
     labels: np.ndarray  # int (V,)
     frames: np.ndarray  # uint8 (V, 64, 64, 3): their real frames, for the classifier's ceiling
-    train_frames: np.ndarray  # uint8 (N, 64, 64, 3): the training rows' 64x64 frames, for the frame classifier
+    classifier_frames: np.ndarray  # uint8 (N, 64, 64, 3): every train-split frame as evaluation reads them ...
+    classifier_labels: np.ndarray  # int (N,): ... and their classes: the frame classifier his.eval trains too
     n_classes: int
 
 
@@ -85,7 +86,7 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
         raise ConfigError(f"config: features={cfg.features!r} has {n_feat} rows, the clips have {n}")
     if cfg.val_fraction > 0 and not has_groups:
         raise ConfigError(f"config: val_fraction={cfg.val_fraction} needs the clips' video groups; {index} has no 'group'")
-    fields = list(dict.fromkeys([cfg.frames, "label"] + (["frame64", "group"] if cfg.val_fraction > 0 else [])
+    fields = list(dict.fromkeys([cfg.frames, "label"] + (["group"] if cfg.val_fraction > 0 else [])
                                 + (["group"] if has_groups else ["video_id"] if has_video_ids else [])))
     train = load_split(index, "train", fields)
     test = load_split(index, "test", [cfg.frames, "label"])
@@ -93,8 +94,9 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
     validation = None
     if cfg.val_fraction > 0:  # the groups fine-tuning held out too (same function, fraction and seed by default)
         is_val = validation_mask(train["label"], train["group"], cfg.val_fraction, cfg.val_seed)
-        validation = Validation(cond[is_val], train["label"][is_val].astype(np.int64), train["frame64"][is_val],
-                                train["frame64"][~is_val], n_classes)
+        seen = centre_crop(train[cfg.frames])  # the frames and classes evaluation's classifier is trained on
+        validation = Validation(cond[is_val], train["label"][is_val].astype(np.int64), seen[is_val], seen,
+                                train["label"].astype(np.int64), n_classes)
         train, cond = {k: v[~is_val] for k, v in train.items()}, cond[~is_val]
     labels = train["label"].astype(np.int64)
     # a row's player: its video group, else its video, else only itself

@@ -352,7 +352,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     validation = None
     if dd.is_main and data.validation is not None:
         cache = Path(cfg.clips) / "eval-cache" if Path(cfg.clips).is_dir() else Path(cfg.clips).parent / "eval-cache"
-        validation = ValidationAccuracy(data.validation, data.labels, cfg.z_dim, cfg.val_images, cfg.seed, device, cache,
+        validation = ValidationAccuracy(data.validation, cfg.z_dim, cfg.val_images, cfg.seed, device, cache,
                                         cfg.val_classifier_steps)
         writer.add_scalar("val/ceiling", validation.ceiling, step)
 

@@ -2,8 +2,10 @@
 2017 saw accuracy fall from 87% to 10-30% after epoch 35), and the checkpoint chosen on it.
 
 The validation sounds are whole video groups of the train split that the GAN never sees (`val_fraction`); a
-frame classifier trained on the remaining training frames reads the class off `val_images` images per sound.
-The test split is never looked at. The classifier is his.eval's, cached beside the clip set.
+frame classifier reads the class off `val_images` images per sound. It is his.eval's own, trained on every
+frame of the train split with the same recipe and cached beside the clip set, so a run fits it once for both
+(it has seen the validation players' real frames: `val/ceiling` is near 1, and the curve ranks checkpoints
+rather than measuring them; the test split, which it has not seen, does that). The test split is never looked at.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from his.train.data import Validation
 
 
 class ValidationAccuracy:
-    def __init__(self, validation: Validation, train_labels: np.ndarray, z_dim: int, images_per_sound: int, seed: int,
+    def __init__(self, validation: Validation, z_dim: int, images_per_sound: int, seed: int,
                  device: torch.device, cache_dir: str | os.PathLike | None, classifier_steps: int) -> None:
         self.validation, self.z_dim, self.k, self.seed, self.device = validation, z_dim, images_per_sound, seed, device
-        self.classifier, _ = train_classifier(validation.train_frames, train_labels, validation.n_classes,
+        self.classifier, _ = train_classifier(validation.classifier_frames, validation.classifier_labels,
+                                              validation.n_classes,
                                               replace(CLASSIFIER_TRAINING, steps=classifier_steps), cache_dir,
                                               device)
         logits, _ = run_net(self.classifier, validation.frames, device=device)
