@@ -48,11 +48,16 @@ RECIPES = {  # per variant, beyond its objective's OBJECTIVE_DEFAULTS (hinge's: 
     "wgan-gp-demo": ["objective=wgan-gp", "n_critic=2", "lr=3e-4"],
     "hinge": ["objective=hinge"], "hinge-simple-g": ["objective=hinge", "generator=simple"],
     "hinge-labels": ["objective=hinge", "critic_labels=true"],
+    "hinge-l1": ["objective=hinge", "l1_weight=10"],
+    "retrieval-g": ["objective=hinge", "generator=retrieval"],
+    "retrieval-g-l1": ["objective=hinge", "generator=retrieval", "l1_weight=10"],
 }
 BUDGET = ["ngf=16", "ndf=16", "batch_size=32", "log_every=20", "sample_every=100000", "ckpt_every=200",
           "val_fraction=0.2", "val_every=50"]
-COLUMNS = [("conditional_accuracy", "cond. acc."), ("of_ceiling", "of ceiling"), ("shuffled_accuracy", "shuffled"),
-           ("class_r1", "class R@1"), ("intra_fid", "intra-FID"), ("diversity_ratio", "diversity / real"),
+COLUMNS = [("conditional_accuracy", "cond. acc."), ("of_ceiling", "of ceiling"), ("of_heard", "of sound-limited"),
+           ("shuffled_accuracy", "shuffled"), ("class_r1", "class R@1"), ("intra_fid", "intra-FID"),
+           ("intra_fid_real", "intra-FID real"), ("nearest_train_ratio", "nearest train / real"),
+           ("diversity_ratio", "diversity / real"),
            ("spearman_loudness", "ρ loudness"), ("spearman_register", "ρ register"),
            ("s_to_80", "s to 80%"), ("s_to_90", "s to 90%"), ("train_s", "train s")]
 
@@ -74,16 +79,26 @@ def time_to(run_dir: Path, fraction: float) -> float | None:
     return round(reached[0].wall_time - ceiling.wall_time, 1) if reached else None
 
 
-def row_of(name: str, run_dir: Path, train_s: float | None) -> dict:
+def row_of(name: str, run_dir: Path, train_s: float | None) -> list[dict]:
+    """The run's row and, first, the retrieval baseline's on the same data (his.eval scores both)."""
     results = evaluate(EvalConfig(run=str(run_dir)))
-    overall = json.loads(Path(results["results"]).read_text())
-    attributes = overall.get("attributes", {})
-    o = overall["overall"]
-    row = {"variant": name, "checkpoint": results["checkpoint"], "train_s": train_s,
-           "s_to_80": time_to(run_dir, 0.8), "s_to_90": time_to(run_dir, 0.9),
+    scored = json.loads(Path(results["results"]).read_text())
+    rows = [_row(name, scored, results["checkpoint"], train_s, run_dir)]
+    if name == "demo" and "retrieval_baseline" in scored:
+        rows.insert(0, _row("retrieval", {"classes": scored["classes"], **scored["retrieval_baseline"]}, None, None, None))
+    return rows
+
+
+def _row(name: str, scored: dict, checkpoint: str | None, train_s: float | None, run_dir: Path | None) -> dict:
+    attributes = scored.get("attributes", {})
+    o = scored["overall"]
+    row = {"variant": name, "checkpoint": checkpoint, "train_s": train_s,
+           "s_to_80": time_to(run_dir, 0.8) if run_dir else None, "s_to_90": time_to(run_dir, 0.9) if run_dir else None,
            **{k: o.get(k) for k in ("conditional_accuracy", "shuffled_accuracy", "class_r1", "intra_fid", "fid",
-                                    "ceiling_accuracy", "heard_ceiling", "chance_accuracy")}}
+                                    "intra_fid_real", "nearest_train_ratio", "ceiling_accuracy", "heard_ceiling",
+                                    "chance_accuracy")}}
     row["of_ceiling"] = o["conditional_accuracy"] / o["ceiling_accuracy"] if o.get("ceiling_accuracy") else None
+    row["of_heard"] = o["conditional_accuracy"] / o["heard_ceiling"] if o.get("heard_ceiling") else None
     row["diversity_ratio"] = o.get("diversity_within_sound")  # already over the real frames' spread, per class
     for attribute in ("loudness", "register"):
         key = next((k for k in attributes if k.startswith(attribute) or k.startswith(f"pitch_{attribute}")), None)
@@ -103,8 +118,8 @@ def compare_data_set(out: Path, rooms: str, n_classes: int, variants: list[str],
         sys.exit(f"compare: the demo pipeline for {cell} failed (exit {demo.returncode})")
     demo_summary = json.loads((cell / "run" / "train" / "summary.json").read_text())
     demo_train_s = round(demo_summary["s_per_step"] * demo_summary["step"], 1)  # its training alone, by its meter
-    rows = [{**row_of("demo", cell / "run" / "train", demo_train_s),
-             "pipeline_s": round(time.monotonic() - started, 1)}]
+    rows = [{**row, "pipeline_s": round(time.monotonic() - started, 1) if row["variant"] == "demo" else None}
+            for row in row_of("demo", cell / "run" / "train", demo_train_s)]
     features = newest_features(cell / "clips")
     for variant in variants:
         run_dir = cell / variant
@@ -116,7 +131,7 @@ def compare_data_set(out: Path, rooms: str, n_classes: int, variants: list[str],
             started = time.monotonic()
             train(cfg)
             write_json(timing, {"train_s": round(time.monotonic() - started, 1)})
-        rows.append(row_of(variant, run_dir, json.loads(timing.read_text())["train_s"]))
+        rows += row_of(variant, run_dir, json.loads(timing.read_text())["train_s"])
     for row in rows:
         row.update(rooms=rooms, classes=n_classes)
         print(f"compare: {rooms}-{n_classes} {row['variant']}: {json.dumps(row)}", flush=True)

@@ -374,6 +374,7 @@ class ProjectionCritic(nn.Module):
         spectral_norm: bool = True,
         pool: str = "sum",
         n_classes: int = 0,
+        aux_classes: int = 0,
     ) -> None:
         super().__init__()
         if norm not in ("layer", "none"):
@@ -404,6 +405,8 @@ class ProjectionCritic(nn.Module):
             else:
                 self.embed = nn.Linear(cond_dim, width, bias=False)
         self.class_embed = nn.Linear(n_classes, width, bias=False) if n_classes else None
+        # AC-GAN's auxiliary classifier (Odena et al. 2017): the class read off phi(x), beside the score
+        self.class_head = nn.Linear(width, aux_classes) if aux_classes else None
         init_weights(self)
         if spectral_norm:
             # after the initialisation, so that its power iterations start from the weights actually used
@@ -415,6 +418,10 @@ class ProjectionCritic(nn.Module):
         """Image features: the trunk globally sum-pooled (B, ndf*8), or its 4x4 map flattened (B, ndf*8*16)."""
         h = self.features(image)
         return h.sum(dim=(2, 3)) if self.pool == "sum" else h.flatten(1)
+
+    def classify(self, image: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The auxiliary classifier's class logits (B, aux_classes); `cond` is ignored (the critics' signature)."""
+        return self.class_head(self.phi(image))
 
     def forward(self, image: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         h = self.phi(image)
@@ -441,9 +448,11 @@ def build_critic(
     spectral_norm: bool | None = None,
     pool: str = "sum",
     n_classes: int = 0,
+    aux_classes: int = 0,
 ) -> Critic | ProjectionCritic:
     """"concat": the report's Critic (fig 4c); "projection": ProjectionCritic (Miyato & Koyama 2018), its
-    image features pooled by `pool`, with the class term when n_classes > 0 (projection only).
+    image features pooled by `pool`, with the class term when n_classes > 0 and AC-GAN's auxiliary classifier
+    when aux_classes > 0 (projection only).
 
     norm / spectral_norm None take the kind's default: batch norm without spectral norm for "concat", no
     norm with spectral norm for "projection".
@@ -454,9 +463,9 @@ def build_critic(
     norm = norm if norm is not None else ("none" if projection else "batch")
     spectral_norm = spectral_norm if spectral_norm is not None else projection
     if projection:
-        return ProjectionCritic(cond_dim, ndf, proj_dim, norm, spectral_norm, pool, n_classes)
-    if n_classes:
-        raise ValueError("only the projection critic takes the class (n_classes > 0)")
+        return ProjectionCritic(cond_dim, ndf, proj_dim, norm, spectral_norm, pool, n_classes, aux_classes)
+    if n_classes or aux_classes:
+        raise ValueError("only the projection critic takes the class (n_classes, aux_classes > 0)")
     return Critic(cond_dim, ndf, proj_dim if proj_dim is not None else 128, norm, spectral_norm)
 
 

@@ -601,3 +601,25 @@ def test_the_l1_term_is_the_mean_absolute_difference_to_the_sounds_own_frame(cli
     real = real_batches[-1][0]
     assert summary["final"]["l1"] == pytest.approx(float((seen["fake"] - real).abs().mean()), rel=1e-5)
     assert summary["final"]["g_loss"] != pytest.approx(summary["final"]["l1"])  # the adversarial term is apart
+
+
+def test_the_class_head_terms_are_the_cross_entropy_of_the_critics_auxiliary_classifier(clips, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    import his.train.loop as loop
+
+    seen = []
+    original = F.cross_entropy
+
+    def spy(logits, labels):
+        value = original(logits, labels)
+        seen.append((logits.detach(), labels, value.detach()))
+        return value
+
+    monkeypatch.setattr(loop.F, "cross_entropy", spy)
+    summary = run(tiny(clips, tmp_path / "run", objective="hinge", max_steps=1, n_critic=1, class_weight=1.0))
+    (logits_real, labels, real_value), (logits_fake, labels_fake, fake_value) = seen
+    assert logits_real.shape == (8, len(CLASSES)) and torch.equal(labels, labels_fake)
+    assert summary["final"]["class_real"] == pytest.approx(float(real_value))
+    assert summary["final"]["class_fake"] == pytest.approx(float(fake_value))
+    assert float(real_value) == pytest.approx(float(-torch.log_softmax(logits_real, 1)[torch.arange(8), labels].mean()))

@@ -50,6 +50,7 @@ class GANConfig:
     ema_decay: float | None = None  # > 0: keep an exponential moving average of G, used for samples and evaluation
     neighbours: int = 8  # generator=retrieval: it draws from one of the training frames of the nearest sounds
     l1_weight: float = 0.0  # > 0: pix2pix's L1 term (Isola et al. 2017) from G's image to the sound's own frame
+    class_weight: float = 0.0  # > 0: AC-GAN's auxiliary classifier on the critic (Odena et al. 2017), G drawn to be read as the clip's class
     ngf: int = 64
     ndf: int = 64
     z_dim: int = 100
@@ -166,6 +167,9 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("n_critic", cfg.n_critic > 0, "> 0"),
         ("neighbours", cfg.neighbours > 0, "> 0"),
         ("l1_weight", cfg.l1_weight >= 0, ">= 0"),
+        ("class_weight", cfg.class_weight >= 0, ">= 0"),
+        ("class_weight", cfg.class_weight == 0 or (cfg.critic == "projection" and isinstance(cfg, TrainConfig)),
+         "0 unless critic=projection and a conditional run (the auxiliary classifier reads the clip's class)"),
         ("generator", cfg.generator != "retrieval" or isinstance(cfg, TrainConfig),
          "another generator for pretraining (retrieval looks training frames up by sound)"),
         ("alpha", cfg.alpha >= 0, ">= 0"),

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -119,8 +120,9 @@ def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device, n_classes: in
         generator.set_gallery(to_images(centre_crop(data.frames)), torch.from_numpy(data.cond),
                               torch.from_numpy(data.groups))
     proj_dim = cfg.proj_dim if cfg.critic == "concat" else None  # projection: one linear embedding, as published
+    aux_classes = data.n_classes if cfg.class_weight > 0 else 0
     critic = build_critic(cfg.critic, cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm,
-                          cfg.critic_pool, n_classes).to(device)
+                          cfg.critic_pool, n_classes, aux_classes).to(device)
     if cfg.channels_last:
         generator, critic = generator.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
     # The EMA averages batch-norm statistics too (use_buffers), so its samples need no statistics of their own.
@@ -229,6 +231,12 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
             loss_d, terms_d = critic_loss(cfg.objective, augmented(gan.criticise, cfg.diffaugment, rng), real, fake,
                                           critic_cond, wrong_cond, cfg.alpha, cfg.gp_lambda, gp_critic=gan.criticise_for_gp,
                                           gp_eps=gp_eps)
+        if cfg.class_weight > 0:  # AC-GAN: the critic learns the class from real frames only
+            labels = torch.from_numpy(data.labels[rows]).to(device)
+            terms_d["class_real"] = F.cross_entropy(augmented(gan.critic.classify, cfg.diffaugment, rng)(real).float(),
+                                                    labels)
+            loss_d = loss_d + cfg.class_weight * terms_d["class_real"]
+            terms_d["class_real"] = terms_d["class_real"].detach()
         gan.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         if measure and i == n_d - 1:
@@ -244,6 +252,11 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
         fake = gan.generate(z, cond, **own)
         loss_g, terms_g = generator_loss(cfg.objective, augmented(gan.criticise_for_g, cfg.diffaugment, rng),
                                          fake, critic_cond)
+        if cfg.class_weight > 0:  # AC-GAN: drawn to be read as the clip's class
+            terms_g["class_fake"] = F.cross_entropy(
+                augmented(gan.critic.classify, cfg.diffaugment, rng)(fake).float(), labels)
+            loss_g = loss_g + cfg.class_weight * terms_g["class_fake"]
+            terms_g["class_fake"] = terms_g["class_fake"].detach()
         if cfg.l1_weight > 0:  # pix2pix (Isola et al. 2017): the sound's own frame, pixel by pixel
             terms_g["l1"] = (fake.float() - real.float()).abs().mean()
             loss_g = loss_g + cfg.l1_weight * terms_g["l1"]
@@ -328,6 +341,8 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     n_classes = data.n_classes if conditional and cfg.critic_labels else 0
     if n_classes:
         data = data.with_critic_labels()
+    if world > 1 and cfg.class_weight > 0:  # its classify() calls bypass DDP's forward, so gradients would not sync
+        raise ConfigError("config: class_weight > 0 runs on one rank only for now (AC-GAN's head is not DDP-wrapped)")
     gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device, n_classes, data)
     (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say, dd.is_main)
     distribute(gan, cfg, dd)
