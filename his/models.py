@@ -217,11 +217,12 @@ class RetrievalGenerator(nn.Module):
     different neighbours. While training, `exclude_groups` keeps a clip's own video group (its player and room)
     out of its neighbours, as a held-out sound's player never is in the gallery.
 
-    The network is a U-Net (pix2pix, Isola et al. 2017): the neighbour frame is encoded 64 -> 4 px; the
-    bottleneck joins it with z and the projected sound, and the decoder (ResNetGenerator's UpBlocks, the sound and
-    z in every block's conditional batch norm) draws back up to 64 px with the encoder's 8, 16 and 32 px maps
-    joined in (the skips carry the instrument's thin shapes that a 4x4 code loses). The gallery images are float16
-    in [-1, 1]: an exponential moving average of the weights leaves them exactly as they are.
+    The network is a U-Net (pix2pix, Isola et al. 2017) on ResNetGenerator's decoder: the neighbour frame is
+    encoded 64 -> 4 px with the decoder's widths; the bottleneck adds its 4 px map to the projected z and sound,
+    and the UpBlocks (the sound and z in every block's conditional batch norm) draw back up to 64 px, the
+    encoder's 8, 16 and 32 px maps added in on the way (the skips carry the instrument's thin shapes that a 4x4
+    code loses; added, not concatenated, so the decoder costs what ResNetGenerator's does). The gallery images
+    are float16 in [-1, 1]: an exponential moving average of the weights leaves them exactly as they are.
     """
 
     residual = True
@@ -234,12 +235,11 @@ class RetrievalGenerator(nn.Module):
         self.cond_dim, self.z_dim, self.ngf, self.neighbours = cond_dim, z_dim, ngf, neighbours
         self.project = ConditionProjection(cond_dim, proj_dim)
         emb = proj_dim + z_dim
+        widths = [ngf * 8, ngf * 4, ngf * 2, ngf, ngf]  # 4, 8, 16, 32, 64 px: ResNetGenerator's
         self.stem = nn.Conv2d(3, ngf, 3, padding=1)
-        self.down = nn.ModuleList([DownBlock(ngf, ngf * 2), DownBlock(ngf * 2, ngf * 4),  # 32, 16 px
-                                   DownBlock(ngf * 4, ngf * 8), DownBlock(ngf * 8, ngf * 8)])  # 8, 4 px
+        self.down = nn.ModuleList(DownBlock(a, b) for a, b in zip(widths[:0:-1], widths[-2::-1]))  # 32 .. 4 px
         self.input = nn.Linear(emb, ngf * 8 * 16)
-        self.blocks = nn.ModuleList([UpBlock(ngf * 16, ngf * 8, emb), UpBlock(ngf * 16, ngf * 4, emb),
-                                     UpBlock(ngf * 8, ngf * 2, emb), UpBlock(ngf * 4, ngf, emb)])  # 8 .. 64 px
+        self.blocks = nn.ModuleList(UpBlock(a, b, emb) for a, b in zip(widths, widths[1:]))  # 8 .. 64 px
         self.out_norm = nn.BatchNorm2d(ngf)
         self.to_rgb = nn.Conv2d(ngf, 3, 3, padding=1)
         init_weights(self)
@@ -288,11 +288,11 @@ class RetrievalGenerator(nn.Module):
         skips = [nn.functional.leaky_relu(self.stem(neighbour), SLOPE)]
         for down in self.down:
             skips.append(down(skips[-1]))  # 32, 16, 8, 4 px
-        x = torch.cat([skips[-1], self.input(emb).view(-1, self.ngf * 8, 4, 4)], dim=1)
-        for block, skip in zip(self.blocks, [skips[3], skips[2], skips[1], None]):
+        x = skips.pop() + self.input(emb).view(-1, self.ngf * 8, 4, 4)
+        for block in self.blocks:
             x = block(x, emb)
-            if skip is not None:
-                x = torch.cat([x, skip], dim=1)
+            if len(skips) > 1:  # the 8, 16 and 32 px maps (the 64 px stem only feeds the encoder)
+                x = x + skips.pop()
         return torch.tanh(self.to_rgb(torch.relu(self.out_norm(x))))
 
 
