@@ -1,25 +1,30 @@
-"""Every objective on the same budget, on rooms that give the class away and rooms that do not, 3 and 10 classes.
+"""Every recipe on the same budget, on rooms that give the class away and rooms that do not, 3 and 10 classes,
+beside the retrieval baseline.
 
     python -m benchmarks.compare --out compare [--rooms shared,per-class] [--classes 3,10]
-        [--variants gan-cls,wgan,wgan-gp,wgan-gp-demo,hinge,hinge-simple-g,hinge-labels] [--steps 400] [--seed 0] [key=value ...]
+        [--variants hinge,hinge-l1-ac,retrieval-g,retrieval-g-l1,...] [--steps 300] [--seed 0] [key=value ...]
 
 For each data set (rooms x classes) `make demo`'s pipeline makes the data, fine-tunes SoundNet, extracts the
-features and trains the demo's own recipe (row "demo"); then each variant trains from scratch with the same
-widths, batch and generator steps (its objective's defaults: the report's generator and critic for the report's
-three, the ResNet generator, DiffAugment and an EMA for hinge; wgan-gp-demo is the previous demo's WGAN-GP with 2
-critic steps at lr 3e-4, hinge-simple-g hinge with the report's generator, hinge-labels hinge whose critic also
-projects on the class), and his.eval scores the checkpoint
-chosen on validation groups. key=value overrides apply to every variant.
+features and trains the demo's own recipe for --steps (row "demo"); his.eval scores it and the retrieval baseline
+(row "retrieval": for each held-out sound the training frames whose sounds are nearest). Then each variant
+trains from scratch with the same widths, batch and generator steps (beyond its objective's defaults, RECIPES:
+the report's three objectives with the report's generator and critic; hinge is the previous demo's recipe, the
+ResNet generator with DiffAugment and an EMA; hinge-simple-g hinge with the report's generator; hinge-labels hinge
+whose critic also projects on the class; hinge-l1-ac hinge with pix2pix's L1 and AC-GAN's class head;
+retrieval-g the retrieval-augmented generator alone, retrieval-g-l1 with the L1 term), and his.eval scores the
+checkpoint chosen on validation groups. key=value overrides apply to every variant.
 
 Each data set is labelled with its real-frame ceiling and its sound-limited ceiling (real frames of the class a
 linear probe hears in the sound: what a generator that hears only the sound can reach).
-Columns: conditional accuracy on held-out sounds (and as a fraction of the real-frame ceiling), the shuffled-
-sound control (images from another class's sound, read as the clip's own class: near 0 when images follow the
-sound), class R@1, intra-class FID, diversity within one sound over the real frames', Spearman within class of
-loudness and register (accuracy and Spearmans with their 95% bootstrap intervals over held-out clips), and the
-wall time until the validation accuracy first reached 80% / 90% of the validation ceiling (from the TensorBoard
-curve, "-" if never). Prints markdown, writes OUT/compare.md and
-OUT/compare.json; finished runs are skipped on a rerun, so an interrupted comparison continues.
+Columns: conditional accuracy on held-out sounds (and as a fraction of the real-frame and of the sound-limited
+ceiling), the shuffled-sound control (images from another class's sound, read as the clip's own class: near 0
+when images follow the sound), class R@1, intra-class FID and its real-vs-real reference, the memorisation check
+(median distance to the nearest training frame over that of real test frames: below 1 is nearer than new real
+frames are), diversity within one sound over the real frames', Spearman within class of loudness and register
+(accuracy and Spearmans with their 95% bootstrap intervals over held-out clips), and the wall time until the
+validation accuracy first reached 80% / 90% of the validation ceiling (from the TensorBoard curve, "-" if never).
+Prints markdown, writes OUT/compare.md and OUT/compare.json; finished runs are skipped on a rerun, so an
+interrupted comparison continues.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ RECIPES = {  # per variant, beyond its objective's OBJECTIVE_DEFAULTS (hinge's: 
     "wgan-gp-demo": ["objective=wgan-gp", "n_critic=2", "lr=3e-4"],
     "hinge": ["objective=hinge"], "hinge-simple-g": ["objective=hinge", "generator=simple"],
     "hinge-labels": ["objective=hinge", "critic_labels=true"],
-    "hinge-l1": ["objective=hinge", "l1_weight=10"],
+    "hinge-l1-ac": ["objective=hinge", "l1_weight=10", "class_weight=1"],
     "retrieval-g": ["objective=hinge", "generator=retrieval"],
     "retrieval-g-l1": ["objective=hinge", "generator=retrieval", "l1_weight=10"],
 }
@@ -113,7 +118,8 @@ def compare_data_set(out: Path, rooms: str, n_classes: int, variants: list[str],
     cell = out / f"{rooms}-{n_classes}"
     started = time.monotonic()
     demo = subprocess.run([sys.executable, "-m", "hpc.demo", "--out", str(cell), "--rooms", rooms,
-                           "--classes", ",".join(CLASS_SETS[n_classes]), f"train.seed={seed}"], cwd=ROOT)
+                           "--classes", ",".join(CLASS_SETS[n_classes]), f"train.seed={seed}",
+                           f"train.max_steps={steps}"], cwd=ROOT)
     if demo.returncode != 0:
         sys.exit(f"compare: the demo pipeline for {cell} failed (exit {demo.returncode})")
     demo_summary = json.loads((cell / "run" / "train" / "summary.json").read_text())
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rooms", default="shared,per-class")
     p.add_argument("--classes", default="3,10")
     p.add_argument("--variants", default=",".join(RECIPES))
-    p.add_argument("--steps", type=int, default=400, help="generator steps per variant")
+    p.add_argument("--steps", type=int, default=300, help="generator steps per variant (the demo's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)

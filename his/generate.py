@@ -40,12 +40,12 @@ from his.audio.features import load_feature_extractor
 from his.config import ConfigError, OneLineParser, cli_main
 from his.data.spec import decode_attr
 from his.distributed import choose_device
-from his.eval.evaluate import generate_samples
 from his.eval.figures import image_grid, save_png
 from his.eval.report import MEDIA_DIR, Entry, render_page, write_page, write_wav
 from his.eval.stage import load_run_generator
 from his.io import make_dir
 from his.media import SAMPLE_RATE, MediaError, decode_audio, decode_clips, refuse_silence
+from his.sampling import generate_samples
 from his.train.config import TrainConfig
 
 MAX_COLUMNS = 8

@@ -18,14 +18,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from his.eval import figures
-from his.eval.classifier import NetTraining, train_classifier
+from his.eval.data import EvalData, EvalSettings
 from his.eval.evaluate import (
-    EvalData,
-    EvalSettings,
     compute_metrics,
     cross_class_derangement,
     evaluate,
-    generate_samples,
     generate_shuffled,
     retrieval_baseline,
     retrieval_samples,
@@ -45,7 +42,9 @@ from his.eval.metrics import (
     within_class_spearman,
     within_class_spearman_interval,
 )
+from his.frame_classifier import NetTraining, train_classifier
 from his.frames import to_frames as images_to_frames
+from his.sampling import generate_samples
 
 N_CLASSES = 3
 SHAPE_COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.float64)
@@ -292,7 +291,7 @@ def test_classifier_is_cached_by_data(data, cache_dir):
 
 def test_the_classifier_batch_is_flipped_shifted_then_colour_jittered():
     from his.augment import color
-    from his.eval.classifier import CLASSIFIER_TRAINING, _augment
+    from his.frame_classifier import CLASSIFIER_TRAINING, _augment
 
     x = torch.rand(6, 3, 64, 64) * 2 - 1
     plain = _augment(x, torch.Generator().manual_seed(5))

@@ -15,8 +15,10 @@ from PIL import Image
 
 from browser import CHROMIUM, open_page
 from his.constants import SAMPLE_RATE
-from his.eval.classifier import NetTraining
-from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
+from his.eval.data import EvalData, EvalSettings
+from his.eval.evaluate import evaluate, generate_shuffled
+from his.frame_classifier import NetTraining
+from his.sampling import generate_samples
 
 # class names a page must show literally, never as markup
 CLASSES = ["<b>disc</b>", 'square & "co"', "bar"]

@@ -340,6 +340,17 @@ def test_ddp_two_ranks_match_one_process(clips, tmp_path):
 # --------------------------------------------------------------------------------- the package's pieces
 
 
+def test_training_imports_nothing_of_evaluation_and_the_report_not_the_evaluation():
+    import ast
+
+    code = "import sys, his.train.loop, his.train.validation; print(sorted(m for m in sys.modules if m.startswith('his.eval')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    report = Path(__file__).parents[1] / "his" / "eval" / "report.py"
+    imported = {node.module for node in ast.walk(ast.parse(report.read_text())) if isinstance(node, ast.ImportFrom)}
+    assert "his.eval.evaluate" not in imported  # the page reads EvalData from his.eval.data, not from its caller
+
+
 def test_evaluation_and_generation_import_only_config_and_checkpoint():
     code = ("import sys, his.eval, his.generate; "
             "print(sorted(m for m in sys.modules if m.startswith('his.train')))")

@@ -1,7 +1,9 @@
 """Evaluation of a sound-to-image generator: numbers, not only pictures (see his/eval/evaluate.py)."""
 
-from his.eval.classifier import FrameNet, NetTraining, train_classifier, train_regressor
-from his.eval.evaluate import EvalData, EvalSettings, compute_metrics, evaluate, generate_samples
+from his.eval.data import EvalData, EvalSettings
+from his.eval.evaluate import compute_metrics, evaluate
+from his.frame_classifier import FrameNet, NetTraining, train_classifier, train_regressor
+from his.sampling import generate_samples
 from his.eval.metrics import frechet_distance, kernel_distance
 from his.eval.stage import EvalConfig, run
 

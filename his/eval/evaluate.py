@@ -16,25 +16,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from his.constants import SAMPLE_RATE
 from his.eval import figures
-from his.eval.classifier import (
-    CLASSIFIER_TRAINING,
-    FrameNet,
-    NetTraining,
-    run_net,
-    train_classifier,
-    train_regressor,
-)
+from his.eval.data import EvalData, EvalSettings
 from his.eval.metrics import (
     diversity,
     frechet_distance,
@@ -42,62 +33,19 @@ from his.eval.metrics import (
     kernel_distance,
     linear_probe,
     mean_interval,
+    mean_pairwise_distance,
     nearest_distance,
     nearest_rows,
-    mean_pairwise_distance,
     retrieval_recall,
     spearman,
     within_class_spearman,
     within_class_spearman_interval,
 )
 from his.eval.report import eval_report, format_interval, format_number, summary_rows
-from his.frames import to_frames
+from his.frame_classifier import FrameNet, run_net, train_classifier, train_regressor
+from his.hparams import log_hparams
 from his.io import atomic_path, write_json
-
-GenerateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-# What a sweep's runs are compared by in TensorBoard's HParams tab: the eval/ scalars of these overall numbers
-# (at the evaluated checkpoint's step) and the validation accuracy during training.
-HPARAM_METRICS = (*(f"eval/{name}" for name in ("conditional_accuracy", "ceiling_accuracy", "shuffled_accuracy",
-                                                "shuffled_follows_sound", "class_r1", "intra_fid", "fid",
-                                                "diversity_within_sound")),
-                  "val/conditional_accuracy", "val/ceiling")
-
-
-@dataclass
-class EvalData:
-    """Real data of one clip set. Frames uint8 (n, 64, 64, 3); labels int (n,) into `classes`.
-
-    test_features: the test clips' sound features (n_test, D), as the generator was trained on them.
-    train_features: the train clips' (n_train, D), for the linear probe of what the sound tells of its class.
-    test_video_ids: lets Figure 8 take its two sounds from two different videos.
-    test_audio: the test clips' int16 audio windows (n_test, S) at `sample_rate`, for the report's players.
-    train_attributes / test_attributes: per-clip numeric sound attributes, name -> (n,), for attribute following.
-    """
-
-    classes: list[str]
-    train_frames: np.ndarray
-    train_labels: np.ndarray
-    test_frames: np.ndarray
-    test_labels: np.ndarray
-    test_features: np.ndarray | None = None
-    train_features: np.ndarray | None = None
-    test_video_ids: np.ndarray | None = None
-    train_attributes: dict[str, np.ndarray] | None = None
-    test_attributes: dict[str, np.ndarray] | None = None
-    test_audio: np.ndarray | None = None
-    sample_rate: int = SAMPLE_RATE
-
-
-@dataclass
-class EvalSettings:
-    classifier: NetTraining = CLASSIFIER_TRAINING
-    regressor: NetTraining = field(default_factory=NetTraining)
-    kid_subset_size: int = 1000
-    kid_subsets: int = 100
-    seed: int = 0
-    batch_size: int = 256
-    figure8_class: str | None = None  # default: the first class
+from his.sampling import GenerateFn, generate_samples
 
 
 @dataclass
@@ -107,31 +55,6 @@ class ShuffledSounds:
 
     sounds: np.ndarray
     samples: np.ndarray
-
-
-@torch.no_grad()
-def generate_samples(
-    generate: GenerateFn,
-    features: np.ndarray,
-    k: int,
-    z_dim: int,
-    seed: int = 0,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """K images per sound: uint8 (n, K, 64, 64, 3) from `generate(features (B, D), z (B, Z)) -> (B, 3, 64, 64)`.
-
-    The noise is drawn on the CPU from `seed`, so the same generator gives the same samples on CPU and CUDA
-    (up to the device's arithmetic).
-    """
-    n = len(features)
-    z = torch.randn(n * k, z_dim, generator=torch.Generator().manual_seed(seed))
-    repeated = torch.from_numpy(np.asarray(features, np.float32)).repeat_interleave(k, dim=0)
-    frames = []
-    for start in range(0, n * k, batch_size):
-        images = generate(repeated[start : start + batch_size].to(device), z[start : start + batch_size].to(device))
-        frames.append(to_frames(images))
-    return np.concatenate(frames).reshape(n, k, *frames[0].shape[1:])
 
 
 def cross_class_derangement(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -473,18 +396,6 @@ def _markdown(results: dict[str, Any]) -> str:
     if "figures" in results:
         lines += ["", *(f"- {name}: `{path}`" for name, path in results["figures"].items())]
     return "\n".join(lines) + "\n"
-
-
-def log_hparams(writer: SummaryWriter, config: dict[str, Any], metrics: Sequence[str] = HPARAM_METRICS) -> None:
-    """The run's HParams session in the writer's own run: `config` (config_to_dict of the resolved config; lists
-    as text) as its hyperparameters, the scalars `metrics` as its metric columns (each cell: the last value).
-
-    The trainer writes it when it ends and his.eval again, the same: TensorBoard keeps one session per run (the
-    first), so a run is one row, its eval/ cells filled once his.eval has written those scalars.
-    """
-    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
-    for summary in hparams_summaries(hparams, dict.fromkeys(metrics, 0.0)):
-        writer.file_writer.add_summary(summary)
 
 
 def _json_safe(value: Any) -> Any:

@@ -16,16 +16,15 @@ import os
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 from urllib.parse import quote
 
 import numpy as np
 
 from his.eval import figures
+from his.eval.data import EvalData
 from his.io import atomic_path
 
-if TYPE_CHECKING:
-    from his.eval.evaluate import EvalData
 
 PAGE = "report.html"
 MEDIA_DIR = "report"  # the page's sounds and images, beside it

@@ -31,11 +31,13 @@ from his.augment import parse_policy
 from his.config import ConfigError, config_to_dict, load_config, save_config, stage_main
 from his.data.dataset import load_features, load_rows, load_split, read_classes
 from his.distributed import choose_device
-from his.eval.classifier import CLASSIFIER_TRAINING, NetTraining
-from his.eval.evaluate import EvalData, EvalSettings, evaluate, generate_samples, generate_shuffled
+from his.eval.data import EvalData, EvalSettings
+from his.eval.evaluate import evaluate, generate_shuffled
+from his.frame_classifier import CLASSIFIER_TRAINING, NetTraining
 from his.frames import centre_crop
 from his.models import build_generator
 from his.train.checkpoint import chosen_checkpoint, load_checkpoint, sampling_weights
+from his.sampling import generate_samples
 from his.train.config import TrainConfig
 
 log = logging.getLogger(__name__)

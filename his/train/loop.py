@@ -27,9 +27,9 @@ from his.augment import augmented
 from his.config import ConfigError, config_changes, config_to_dict, describe_changes, save_config
 from his.constants import SAMPLE_RATE
 from his.distributed import Distributed, setup_distributed
-from his.eval.evaluate import log_hparams
 from his.frames import centre_crop, to_images
 from his.grid import make_grid, save_grid
+from his.hparams import log_hparams
 from his.io import write_json
 from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
 from his.models import (

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from his.eval.classifier import CLASSIFIER_TRAINING, run_net, train_classifier
-from his.eval.evaluate import generate_samples
+from his.frame_classifier import CLASSIFIER_TRAINING, run_net, train_classifier
+from his.sampling import generate_samples
 from his.train.data import Validation
 
 
