@@ -155,6 +155,24 @@ class UpBlock(nn.Module):
         return h + self.skip(up(x))
 
 
+DECODER_WIDTHS = (8, 4, 2, 1, 1)  # x ngf at 4, 8, 16, 32, 64 px
+
+
+def _resnet_decoder(ngf: int, emb_dim: int) -> tuple[nn.ModuleList, nn.BatchNorm2d, nn.Conv2d]:
+    """ResNetGenerator's way up, ngf*8 x 4x4 -> 64x64: four UpBlocks, then the output norm and RGB convolution."""
+    widths = [ngf * w for w in DECODER_WIDTHS]
+    blocks = nn.ModuleList(UpBlock(a, b, emb_dim) for a, b in zip(widths, widths[1:]))
+    return blocks, nn.BatchNorm2d(ngf), nn.Conv2d(ngf, 3, 3, padding=1)
+
+
+def _init_generator(module: nn.Module) -> None:
+    """DCGAN initialisation, and every conditional norm starting as plain batch norm."""
+    init_weights(module)
+    for m in module.modules():
+        if isinstance(m, ConditionalBatchNorm):
+            m.zero_condition_layers()
+
+
 class ResNetGenerator(nn.Module):
     """z and the projected sound -> linear -> ngf*8 x 4x4 -> four UpBlocks (8, 16, 32, 64) -> BN-ReLU-conv3x3-tanh.
 
@@ -174,14 +192,8 @@ class ResNetGenerator(nn.Module):
         emb = proj_dim if cond_dim > 0 else 0
         self.ngf = ngf
         self.input = nn.Linear(z_dim + emb, ngf * 8 * 16)
-        widths = [ngf * 8, ngf * 4, ngf * 2, ngf, ngf]
-        self.blocks = nn.ModuleList(UpBlock(a, b, emb) for a, b in zip(widths, widths[1:]))
-        self.out_norm = nn.BatchNorm2d(ngf)
-        self.to_rgb = nn.Conv2d(ngf, 3, 3, padding=1)
-        init_weights(self)
-        for m in self.modules():
-            if isinstance(m, ConditionalBatchNorm):
-                m.zero_condition_layers()
+        self.blocks, self.out_norm, self.to_rgb = _resnet_decoder(ngf, emb)
+        _init_generator(self)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         emb = None if self.project is None else self.project(cond).to(z.dtype)
@@ -235,17 +247,12 @@ class RetrievalGenerator(nn.Module):
         self.cond_dim, self.z_dim, self.ngf, self.neighbours = cond_dim, z_dim, ngf, neighbours
         self.project = ConditionProjection(cond_dim, proj_dim)
         emb = proj_dim + z_dim
-        widths = [ngf * 8, ngf * 4, ngf * 2, ngf, ngf]  # 4, 8, 16, 32, 64 px: ResNetGenerator's
+        widths = [ngf * w for w in DECODER_WIDTHS]  # the decoder's, at 4 .. 64 px
         self.stem = nn.Conv2d(3, ngf, 3, padding=1)
         self.down = nn.ModuleList(DownBlock(a, b) for a, b in zip(widths[:0:-1], widths[-2::-1]))  # 32 .. 4 px
         self.input = nn.Linear(emb, ngf * 8 * 16)
-        self.blocks = nn.ModuleList(UpBlock(a, b, emb) for a, b in zip(widths, widths[1:]))  # 8 .. 64 px
-        self.out_norm = nn.BatchNorm2d(ngf)
-        self.to_rgb = nn.Conv2d(ngf, 3, 3, padding=1)
-        init_weights(self)
-        for m in self.modules():
-            if isinstance(m, ConditionalBatchNorm):
-                m.zero_condition_layers()
+        self.blocks, self.out_norm, self.to_rgb = _resnet_decoder(ngf, emb)  # 8 .. 64 px
+        _init_generator(self)
         self.register_buffer("gallery_images", torch.zeros(0, 3, 64, 64, dtype=torch.float16))
         self.register_buffer("gallery_features", torch.zeros(0, cond_dim))
         self.register_buffer("gallery_groups", torch.zeros(0, dtype=torch.long))
