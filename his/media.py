@@ -13,6 +13,7 @@ one call and against one seek per frame in benchmarks/preprocess.py.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -266,11 +267,14 @@ def decode_clips(
     crop: tuple[int, int] = (200, 190),
     size: int = 64,
     timeout: float = 120.0,
+    start_s: float = 0.0,
+    end_s: float = math.inf,
 ) -> VideoClips:
     """Cut `path` into at most `max_clips` audio windows of `window_s` seconds, each with the frame shown at
     its middle: centre crop (`crop` is W x H for a 320x240 frame, scaled for other sizes) resized to
-    size x size, and the whole frame resized to 88x66. Raises MediaError for a file that is missing, empty,
-    not a video, without audio, silent, truncated or shorter than one window.
+    size x size, and the whole frame resized to 88x66. The windows lie in the segment [`start_s`, `end_s`]
+    of the file (by default all of it). Raises MediaError for a file that is missing, empty, not a video,
+    without audio, silent, truncated, shorter than one window, or whose segment starts past its end.
 
     Two ffmpeg calls: `ffmpeg -i` for the duration, then audio and the selected frames together (measured
     ~4x faster than one call that converts every frame; benchmarks/preprocess.py). Where the frame timestamps
@@ -285,9 +289,12 @@ def decode_clips(
     if missing > 0:
         raise MediaError(f"{path}: truncated: {missing} bytes short of the size its RIFF header gives")
     info = probe(path, timeout)
-    starts = window_starts(info.duration, window_s, max_clips)
+    if start_s >= info.duration:
+        raise MediaError(f"{path}: its segment starts at {start_s:g} s, past the video's end ({info.duration:.2f} s)")
+    span = min(info.duration, end_s) - start_s
+    starts = [start_s + s for s in window_starts(span, window_s, max_clips)]
     if not starts:
-        raise MediaError(f"{path}: too short: {info.duration:.2f} s < one {window_s:g} s window")
+        raise MediaError(f"{path}: too short: {span:.2f} s < one {window_s:g} s window")
 
     samples = round(window_s * SAMPLE_RATE)
     first = np.array([round(s * SAMPLE_RATE) for s in starts])

@@ -1,8 +1,14 @@
-"""Ray preprocessing: UCF-101-layout videos -> audio/frame clips -> HDF5 shards + index + manifest.
+"""Ray preprocessing: videos -> audio/frame clips -> HDF5 shards + index + manifest.
 
-    python -m hpc.preprocess --videos DIR --splits DIR --classes A,B,C --out OUT [--split 1] [--address ADDR]
-        [--num-cpus N] [--window-s W] [--clips-per-video K] [--crop 200x190] [--size 64] [--shard-clips N]
-        [--force] [--strict]
+    python -m hpc.preprocess --videos DIR --splits DIR --classes A,B,C --out OUT [--split 1]      (UCF-101)
+    python -m hpc.preprocess --layout csv --csv FILE --videos DIR --out OUT [--classes ...] [--csv-columns ...]
+        [--split-words ...] [--segment-s 10]                                                      (VGGSound)
+    python -m hpc.preprocess --layout folders --videos DIR --out OUT [--seed 0] [--test-fraction 0.2]
+    ... [--address ADDR] [--num-cpus N] [--window-s W] [--clips-per-video K] [--crop 200x190] [--size 64]
+        [--shard-clips N] [--force] [--strict]
+
+The layouts and what each row of them may do wrong: his.data.layouts. Rows that cannot be used are rejected
+before anything is decoded, each with one line (FILE:LINE or path, and why) on stderr and in report.json.
 
 One Ray task per video decodes it with one ffmpeg call (his.media.decode_clips). Videos are assigned to
 shards up front, in split-list order, so shard k always holds the same videos: a shard that exists (shards
@@ -22,15 +28,13 @@ import contextlib
 import itertools
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +42,8 @@ from tqdm import tqdm
 from his.config import ConfigError, OneLineParser, cli_main, save_config
 from his.constants import SAMPLE_RATE
 from his.data.images import parse_crop
+from his.data.layouts import (HEADER, LAYOUTS, SPLIT_CSV, VGGSOUND_COLUMNS, Listing, Video, list_rows, parse_classes,
+                              read_csv_rows, read_folder_rows, read_ucf101, write_split_csv)
 from his.data.manifest import MANIFEST, entry_problem, manifest_entry, read_manifest
 from his.data.shards import build_index, clip_columns, now_utc, read_attrs, write_clip_shard, write_manifest
 from his.data.spec import check_file
@@ -47,16 +53,21 @@ from hpc.ray_cluster import node_name
 
 PROG = "hpc.preprocess"
 
-VIDEO_NAME = re.compile(r"v_(?P<cls>[^_]+)_g(?P<group>\d+)_c(?P<clip>\d+)")
-
 
 @dataclass
 class PreprocessConfig:
     """One preprocessing run; the command line's options by the same names (hpc.launch: `preprocess.KEY`)."""
 
-    videos: str = ""  # folder with Class/v_Class_gGG_cCC.avi
-    splits: str = ""  # folder with trainlist0N.txt and testlist0N.txt
-    classes: str = ""  # comma-separated class names, in label order
+    layout: str = "ucf101"  # ucf101, csv or folders (his.data.layouts)
+    videos: str = ""  # ucf101: Class/v_Class_gGG_cCC.avi; csv: the videos; folders: one folder per class
+    splits: str = ""  # ucf101: folder with trainlist0N.txt and testlist0N.txt
+    csv: str = ""  # csv: one row per segment
+    csv_columns: str = VGGSOUND_COLUMNS  # csv: its columns in order (id, start, label, split, path, -), or "header"
+    split_words: str = "train=train;test=test"  # csv: the words of its split column
+    segment_s: float = 10.0  # csv: seconds of a segment from its start
+    seed: int = 0  # folders: the seed of the split
+    test_fraction: float = 0.2  # folders: the share of each class's groups that is test
+    classes: str = ""  # class names in label order, one CSV line ("a,b" or '"a, b",c'); csv, folders: all if ""
     out: str = ""  # output folder (shards/, index.h5, manifest.json, report.json)
     split: int = 1  # UCF-101 split number (1, 2 or 3)
     address: str = ""  # a running Ray cluster; "" starts a local Ray
@@ -69,16 +80,6 @@ class PreprocessConfig:
     timeout_s: float = 120.0  # ffmpeg time limit per video
     force: bool = False  # redo every shard
     strict: bool = False  # exit 1 if any video was skipped
-
-
-@dataclass(frozen=True)
-class Video:
-    relpath: str  # as in the split list: Class/v_Class_gGG_cCC.avi
-    path: str
-    label: int
-    split: str
-    video_id: str
-    group: int
 
 
 @dataclass(frozen=True)
@@ -99,42 +100,12 @@ class VideoResult:
     node: str = ""  # the Slurm node (or host) whose Ray worker decoded it
 
 
-def read_split_lists(splits_dir: str | os.PathLike, split: int, classes: Sequence[str], videos_dir: str | os.PathLike) -> list[Video]:
-    """The videos of `classes` named in trainlist0{split}.txt and testlist0{split}.txt, in list order."""
-    splits_dir, videos_dir = Path(splits_dir), Path(videos_dir)
-    label_of = {c: i for i, c in enumerate(classes)}
-    videos: list[Video] = []
-    seen: set[str] = set()
-    for split_name in ("train", "test"):
-        list_file = splits_dir / f"{split_name}list0{split}.txt"
-        if not list_file.is_file():
-            raise InputError(f"{list_file}: split list not found")
-        try:
-            lines = list_file.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise InputError(f"{list_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        for line in lines:
-            if not line.strip():
-                continue
-            # "Class/v_Class_g08_c01.avi 12" (train) or "Class/v_Class_g08_c01.avi" (test); names may hold spaces
-            relpath = re.sub(r"\s+\d+\s*$", "", line.strip()) if split_name == "train" else line.strip()
-            cls = relpath.split("/")[0]
-            if cls not in label_of or relpath in seen:
-                continue
-            seen.add(relpath)
-            stem = Path(relpath).stem
-            m = VIDEO_NAME.search(stem)
-            videos.append(
-                Video(relpath, str(videos_dir / relpath), label_of[cls], split_name, stem, int(m["group"]) if m else -1)
-            )
-    return videos
-
-
 def process_video(video: Video, settings: Settings) -> VideoResult:
     """Decode one video into its clip rows; any failure becomes a skip with a one-line reason."""
     start = time.perf_counter()
     try:
-        clips = decode_clips(video.path, settings.window_s, settings.clips_per_video, settings.crop, settings.size, settings.timeout_s)
+        clips = decode_clips(video.path, settings.window_s, settings.clips_per_video, settings.crop, settings.size,
+                             settings.timeout_s, video.start_s, video.end_s)
     except MediaError as e:
         reason = str(e).removeprefix(f"{video.path}: ")
         return VideoResult(video, None, reason, time.perf_counter() - start, node_name())
@@ -154,7 +125,7 @@ def shard_attrs(args: PreprocessConfig, settings: Settings, classes: Sequence[st
         "clips_per_video": settings.clips_per_video,
         "crop": np.array(settings.crop, np.int64),
         "size": settings.size,
-        "split_list": args.split,
+        "split_list": args.split if args.layout == "ucf101" else 0,
         "source_root": str(Path(args.videos).resolve()),
     }
 
@@ -169,7 +140,7 @@ def shard_is_complete(path: Path, attrs: dict, videos: list[Video], entry: dict 
     except (OSError, KeyError, ValueError, TypeError) as e:
         return False, [], f"unreadable ({type(e).__name__})"
     same = all(np.array_equal(np.asarray(have.get(k)), np.asarray(v)) for k, v in attrs.items())
-    if not (same and have.get("videos") == [v.path for v in videos]):
+    if not (same and have.get("videos") == [v.key for v in videos]):
         return False, [], "made with other settings or videos"
     if entry is None:
         return False, [], f"not in {MANIFEST}"
@@ -217,6 +188,7 @@ class Summary:
     videos_kept: int = 0
     videos_skipped: int = 0
     videos_reused: int = 0
+    rows_rejected: int = 0  # left out by the listing (his.data.layouts), before decoding
     clips: int = 0
     shards_written: int = 0
     shards_kept: int = 0
@@ -224,11 +196,26 @@ class Summary:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def read_inputs(args: PreprocessConfig) -> tuple[list[str], Settings, list[Video]]:
-    """The classes, settings and videos of a run, checked before anything is written or decoded."""
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if not classes:
-        raise InputError(f"--classes {args.classes!r} names no class")
+def read_listing(args: PreprocessConfig) -> Listing:
+    """The videos of the run's layout; the folders layout reads back the split it wrote into OUT before."""
+    classes = parse_classes(args.classes)
+    if args.layout == "ucf101":
+        if not classes:
+            raise InputError(f"--classes {args.classes!r} names no class")
+        return read_ucf101(args.videos, args.splits, args.split, classes)
+    split_csv = Path(args.out) / SPLIT_CSV
+    if args.layout == "csv":
+        rows, rejected = read_csv_rows(args.csv, args.videos, args.csv_columns, args.split_words, args.segment_s)
+        return list_rows(rows, rejected, classes, args.csv)
+    if split_csv.is_file():
+        logging.getLogger(PROG).info(f"the split of {split_csv} (delete it to draw a new one)")
+        rows, rejected = read_csv_rows(split_csv, args.videos, HEADER)
+        return list_rows(rows, rejected, classes, str(split_csv))
+    return list_rows(read_folder_rows(args.videos, args.seed, args.test_fraction), [], classes, args.videos)
+
+
+def read_inputs(args: PreprocessConfig) -> tuple[Listing, Settings]:
+    """The videos and settings of a run, checked before anything is written or decoded."""
     if not Path(args.videos).is_dir():
         raise InputError(f"{args.videos}: no such directory (--videos)")
     try:
@@ -236,20 +223,16 @@ def read_inputs(args: PreprocessConfig) -> tuple[list[str], Settings, list[Video
     except argparse.ArgumentTypeError as e:
         raise ConfigError(str(e)) from None
     settings = Settings(args.window_s, args.clips_per_video, crop, args.size, args.timeout_s)
-    videos = read_split_lists(args.splits, args.split, classes, args.videos)
-    absent = [c for i, c in enumerate(classes) if not any(v.label == i for v in videos)]
-    if absent:  # a class list naming a class with no clips would label the set wrongly
-        raise InputError(f"no videos of {', '.join(absent)} in the split lists under {args.splits}")
-    twice = sorted(i for i, n in Counter(v.video_id for v in videos).items() if n > 1)
-    if twice:
-        raise InputError(f"video id {twice[0]} names more than one video in the split lists under {args.splits} "
-                         f"({len(twice)} such id(s)); ids must be unique across classes")
-    return classes, settings, videos
+    return read_listing(args), settings
 
 
-def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings,
-               videos: list[Video]) -> tuple[Summary, list[dict]]:
-    """Decode and write what is not yet in OUT (whose lock the caller holds); build the index and manifest."""
+def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings, videos: list[Video],
+               session: Callable[[PreprocessConfig], ContextManager[tuple[int, StopSignals]]] | None = None,
+               tasks: Callable[..., Iterator[VideoResult]] | None = None) -> tuple[Summary, list[dict]]:
+    """Decode and write what is not yet in OUT (whose lock the caller holds); build the index and manifest.
+    `session` and `tasks` run the decoding (default: ray_session and run_tasks; benchmarks/preprocess_scale.py
+    swaps in a stub)."""
+    session, tasks = session or ray_session, tasks or run_tasks
     t_wall = time.perf_counter()
     out = Path(args.out)
     shard_dir = out / "shards"
@@ -261,8 +244,8 @@ def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings,
         stale.unlink()
     attrs = shard_attrs(args, settings, classes)
     manifest_path = out / MANIFEST
-    extra = {"classes": classes, "settings": asdict(settings), "split_list": args.split,
-             "source_root": attrs["source_root"]}
+    extra = {"classes": classes, "settings": asdict(settings), "layout": args.layout,
+             "split_list": attrs["split_list"], "source_root": attrs["source_root"]}
     before = previous_entries(manifest_path)
     entries: dict[int, dict[str, Any]] = {}  # of the shards this run wrote or found intact: all the manifest lists
 
@@ -292,27 +275,27 @@ def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings,
     todo_videos = [v for k in todo for v in plan[k]]
     if todo_videos:
         t = time.perf_counter()
-        with ray_session(args) as (cpus, stop):
+        with session(args) as (cpus, stop):
             summary.seconds["start ray"] = time.perf_counter() - t
-            shard_of = {v.path: k for k in todo for v in plan[k]}
+            shard_of = {v.key: k for k in todo for v in plan[k]}
             waiting = {k: len(plan[k]) for k in todo}
             results: dict[int, list[VideoResult]] = {k: [] for k in todo}
             with tqdm(total=len(todo_videos), unit="video", desc="preprocess", dynamic_ncols=True,
                       file=sys.stderr) as bar:
                 t_loop = time.perf_counter()
-                for result in run_tasks(todo_videos, settings, cpus, stop.check):
+                for result in tasks(todo_videos, settings, cpus, stop.check):
                     summary.seconds["decode (sum over tasks)"] += result.decode_s
                     if result.columns is None:
                         tqdm.write(f"skip {result.video.path}: {result.reason}", file=sys.stderr)
                         summary.videos_skipped += 1
                         skipped.append({"path": result.video.path, "reason": result.reason,
-                                        "shard": paths[shard_of[result.video.path]].name})
+                                        "shard": paths[shard_of[result.video.key]].name})
                     else:
                         summary.videos_kept += 1
                         summary.clips += len(result.columns["audio"])
                         summary.clips_per_node[result.node] = (summary.clips_per_node.get(result.node, 0)
                                                                + len(result.columns["audio"]))
-                    k = shard_of[result.video.path]
+                    k = shard_of[result.video.key]
                     results[k].append(result)
                     waiting[k] -= 1
                     if waiting[k] == 0:
@@ -324,7 +307,7 @@ def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings,
                         summary.shards_written += 1
                     bar.update(1)
                     rate = summary.clips / (time.perf_counter() - t_loop)
-                    bar.set_postfix(clips=summary.clips, clips_s=f"{rate:.1f}")
+                    bar.set_postfix(clips=summary.clips, clips_s=f"{rate:.1f}", refresh=False)  # drawn as tqdm updates
         summary.seconds["decode + write (wall)"] = time.perf_counter() - t_loop
     else:
         summary.seconds["decode + write (wall)"] = 0.0
@@ -341,8 +324,8 @@ def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings,
 def write_plan_shard(path: Path, videos: list[Video], results: list[VideoResult], attrs: dict) -> int:
     """Shard `path` of the plan: its videos' results in planned order (a shard whose every video was skipped
     still records that they were tried). Returns its rows."""
-    order = {v.path: i for i, v in enumerate(videos)}
-    results = sorted(results, key=lambda r: order[r.video.path])
+    order = {v.key: i for i, v in enumerate(videos)}
+    results = sorted(results, key=lambda r: order[r.video.key])
     kept = [r.columns for r in results if r.columns is not None]
     skipped = [[r.video.path, r.reason] for r in results if r.columns is None]
     write_clip_shard(path, kept, attrs, list(order), skipped)
@@ -406,6 +389,7 @@ def print_summary(summary: Summary, skipped: list[dict], out: Path) -> None:
         ("videos kept (decoded now)", summary.videos_kept),
         ("videos kept (from complete shards)", summary.videos_reused),
         ("videos skipped", len(skipped)),
+        ("rows rejected by the listing", summary.rows_rejected),
         ("clips in index", summary.clips),
         ("shards written / kept", f"{summary.shards_written} / {summary.shards_kept}"),
         *((f"seconds: {stage}", f"{s:.2f}") for stage, s in summary.seconds.items()),
@@ -419,15 +403,34 @@ def print_summary(summary: Summary, skipped: list[dict], out: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m hpc.preprocess",
-        description="Decode UCF-101-layout videos into audio/frame clips in HDF5 shards, with Ray.",
+        description="Decode videos (UCF-101, a segment CSV such as VGGSound's, or a folder per class) into "
+        "audio/frame clips in HDF5 shards, with Ray.",
         epilog="With --address the Ray workers read the videos and the driver writes OUT at the same paths: a "
         "filesystem shared by all nodes is assumed, as on HPC clusters. Re-running skips videos in complete "
         "shards made with the same settings; bad videos are skipped and listed in OUT/report.json. A cluster "
         "with Ray token authentication needs its token here too (RAY_AUTH_TOKEN or ~/.ray/auth_token).",
     )
-    parser.add_argument("--videos", required=True, help="folder with Class/v_Class_gGG_cCC.avi")
-    parser.add_argument("--splits", required=True, help="folder with trainlist0N.txt and testlist0N.txt")
-    parser.add_argument("--classes", required=True, help="comma-separated class names, in label order")
+    parser.add_argument("--layout", choices=LAYOUTS, default="ucf101",
+                        help="ucf101: --videos and --splits; csv: --csv and --videos; folders: --videos with a "
+                             "folder per class (his.data.layouts)")
+    parser.add_argument("--videos", required=True,
+                        help="ucf101: folder with Class/v_Class_gGG_cCC.avi; csv: the videos; folders: a folder "
+                             "per class")
+    parser.add_argument("--splits", default="", help="ucf101: folder with trainlist0N.txt and testlist0N.txt")
+    parser.add_argument("--csv", default="", help="csv: one row per segment (VGGSound: id, start, label, split)")
+    parser.add_argument("--csv-columns", default=VGGSOUND_COLUMNS,
+                        help="csv: its columns in order, from id, start, label, split, path and - (ignored); or "
+                             "'header' when its first row names them (default: VGGSound's %(default)s)")
+    parser.add_argument("--split-words", default="train=train;test=test",
+                        help="csv: the words of the split column, e.g. 'train=train,val;test=test'")
+    parser.add_argument("--segment-s", type=float, default=10.0,
+                        help="csv: seconds of a segment from its start (VGGSound: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="folders: the seed of the split")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="folders: the share of each class's video groups that is test")
+    parser.add_argument("--classes", default="",
+                        help="class names in label order, as one CSV line ('A,B' or '\"a, b\",c'); required "
+                             "for ucf101, all classes (alphabetical) by default otherwise")
     parser.add_argument("--out", required=True, help="output folder (shards/, index.h5, manifest.json, report.json)")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="UCF-101 split number")
     parser.add_argument("--address", default="", help="address of a running Ray cluster (default: start a local Ray)")
@@ -455,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_config(cfg: PreprocessConfig) -> None:
     """Every number in range before any work; each bad value named."""
-    for name in ("window_s", "clips_per_video", "size", "shard_clips", "timeout_s"):
+    for name in ("window_s", "clips_per_video", "size", "shard_clips", "timeout_s", "segment_s"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, not {getattr(cfg, name)}")
     if cfg.num_cpus < 0:
@@ -464,28 +467,40 @@ def check_config(cfg: PreprocessConfig) -> None:
         raise ConfigError(f"--split must be 1, 2 or 3, not {cfg.split}")
     if cfg.shard_clips < cfg.clips_per_video:
         raise ConfigError(f"--shard-clips ({cfg.shard_clips}) must be >= --clips-per-video ({cfg.clips_per_video})")
-    for name in ("videos", "splits", "classes", "out"):
+    if cfg.layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, not {cfg.layout!r}")
+    if not 0 < cfg.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be between 0 and 1, not {cfg.test_fraction}")
+    needed = {"ucf101": ("splits", "classes"), "csv": ("csv",), "folders": ()}[cfg.layout]
+    for name in ("videos", *needed, "out"):
         if not getattr(cfg, name):
-            raise ConfigError(f"--{name} is required")
+            raise ConfigError(f"--{name} is required" + (f" with --layout {cfg.layout}" if name in needed else ""))
 
 
 def run(cfg: PreprocessConfig) -> dict[str, Any]:
     """Preprocess OUT (holding its lock), write report.json and the config beside it, check the files against
     datasets.h5.spec; returns the report with "status" (completed, or failed with its "problems")."""
     check_config(cfg)
-    inputs = read_inputs(cfg)
+    listing, settings = read_inputs(cfg)
+    for where, why in listing.rejected:
+        print(f"skip {where}: {why}", file=sys.stderr)
     out = Path(cfg.out)
     with exclusive_dir(out, PROG, temp_dirs=("", "shards")):
-        summary, skipped = preprocess(cfg, *inputs)
+        if cfg.layout == "folders" and not (out / SPLIT_CSV).is_file():  # the split, for reruns to reuse
+            write_split_csv(out / SPLIT_CSV, listing.videos, listing.classes)
+        summary, skipped = preprocess(cfg, listing.classes, settings, listing.videos)
+        summary.rows_rejected = len(listing.rejected)
         save_config(cfg, out / "config.toml")  # what made the set (hpc.launch skips the stage when it is the same)
-        report = {"created": now_utc(), "summary": asdict(summary), "skipped": skipped}
+        report = {"created": now_utc(), "summary": asdict(summary), "skipped": skipped,
+                  "rejected": [{"row": where, "reason": why} for where, why in listing.rejected]}
         write_json(out / "report.json", report)
     problems = [f"spec: {p}" for f in [out / "index.h5", *sorted((out / "shards").glob("clips-*.h5"))]
                 for p in check_file(f)]
     if summary.clips == 0:
         problems.append("preprocess: no usable clips")
-    if cfg.strict and skipped:
-        problems.append(f"preprocess: {len(skipped)} video(s) skipped (--strict)")
+    if cfg.strict and (skipped or listing.rejected):
+        problems.append(f"preprocess: {len(skipped)} video(s) skipped, {len(listing.rejected)} row(s) rejected "
+                        "(--strict)")
     return {"status": "failed" if problems else "completed", "out": str(out), **report, "problems": problems}
 
 
