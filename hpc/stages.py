@@ -36,8 +36,8 @@ class LaunchError(RuntimeError):
 class PipelineConfig:
     clips: str = "demo/clips"  # clip data set (hpc.preprocess output, holds index.h5)
     images: str = ""  # image set for unconditional pretraining (his.data.images); "" skips pretrain
-    videos: str = ""  # UCF-101-layout videos: set (with splits) to make `clips` first, with Ray on the allocation
-    splits: str = ""  # the split lists (trainlist0N.txt, testlist0N.txt) of `videos`
+    videos: str = ""  # videos (preprocess.layout: ucf101, csv, folders): set to make `clips` first, with Ray
+    splits: str = ""  # the split lists (trainlist0N.txt, testlist0N.txt) of `videos` in the ucf101 layout
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     features: PoolFeaturesConfig = field(default_factory=PoolFeaturesConfig)
@@ -51,7 +51,7 @@ class PipelineConfig:
 DATA_SETS = {
     "clips": "clip set (set clips=DIR, made by python -m hpc.preprocess or the preprocess stage)",
     "images": "image set (set images=DIR, made by python -m his.data.images)",
-    "videos": "videos (set videos=DIR, UCF-101 layout: Class/v_Class_gGG_cCC.avi)",
+    "videos": "videos (set videos=DIR, in the layout preprocess.layout= names)",
     "splits": "split lists (set splits=DIR, holding trainlist0N.txt and testlist0N.txt)",
 }
 DATA_SET_MARKER = {"clips": "index.h5", "images": "index.h5", "videos": "", "splits": ""}
@@ -150,7 +150,7 @@ FINETUNED = "soundnet_finetuned.pt"
 # In chain order: every stage comes after the stages it reads from.
 STAGE_TABLE: tuple[Stage, ...] = (
     Stage("preprocess", hpc.preprocess.run, "ray",  # writes the clip set, CLIPS/
-          inputs=(Input("videos", "videos"), Input("splits", "splits")),
+          inputs=(Input("videos", "videos"), Input("splits", "splits", required=False)),  # ucf101's: check_config
           outputs=("index.h5", "report.json"), makes="clips", check=hpc.preprocess.check_config,
           ignored=frozenset({"address", "num_cpus", "timeout_s", "strict"})),
     Stage("finetune", his.audio.finetune.run, "ddp",
@@ -239,7 +239,8 @@ def _needs(row: Stage, cfg: PipelineConfig) -> Iterator[tuple[str, Path | None]]
 
 def full_chain(cfg: PipelineConfig) -> list[str]:
     """The stages a launch without STAGE runs: all but those that read an unset data set (no images: no pretrain)."""
-    return [s.name for s in STAGE_TABLE if all(getattr(cfg, i.source) for i in s.inputs if i.source in DATA_SETS)]
+    return [s.name for s in STAGE_TABLE
+            if all(getattr(cfg, i.source) for i in s.inputs if i.source in DATA_SETS and i.required)]
 
 
 def stage_inputs_missing(stage: str, cfg: PipelineConfig, chain: list[str]) -> str | None:

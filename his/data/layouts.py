@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -210,8 +210,7 @@ def read_csv_rows(csv_path: str | os.PathLike, videos_dir: str | os.PathLike, co
             names = parse_columns(",".join(fields))
             continue
         try:
-            row = csv_row(dict(zip(names, (x.strip() for x in fields))), len(fields), len(names), words, files,
-                          videos_dir, segment_s, where)
+            row = csv_row(names, fields, words, files, videos_dir, segment_s, where)
         except ValueError as e:
             rejected.append((where, str(e)))
             continue
@@ -225,11 +224,12 @@ def read_csv_rows(csv_path: str | os.PathLike, videos_dir: str | os.PathLike, co
     return rows, rejected
 
 
-def csv_row(values: dict[str, str], n_fields: int, n_columns: int, words: dict[str, str], files: dict[str, str],
-            videos_dir: Path, segment_s: float, where: str) -> Row:
-    """One CSV row as a Row; ValueError says why it cannot be one."""
-    if n_fields != n_columns:
-        raise ValueError(f"{n_fields} fields, expected {n_columns}")
+def csv_row(names: list[str], fields: list[str], words: dict[str, str], files: dict[str, str], videos_dir: Path,
+            segment_s: float, where: str) -> Row:
+    """One CSV row, its `fields` in the columns `names`, as a Row; ValueError says why it cannot be one."""
+    if len(fields) != len(names):
+        raise ValueError(f"{len(fields)} field(s), expected {len(names)} ({','.join(names)})")
+    values = {name: x.strip() for name, x in zip(names, fields)}
     label, video_id = values.get("label", ""), values.get("id", "")
     if not label:
         raise ValueError("no label")
@@ -290,13 +290,16 @@ def read_folder_rows(videos_dir: str | os.PathLike, seed: int, test_fraction: fl
     return rows
 
 
+def write_csv(path: str | os.PathLike, rows: Iterable[Sequence[Any]]) -> None:
+    """`rows` as a CSV file (quoted where a field needs it), written under a temporary name and renamed."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+
+
 def write_split_csv(path: str | os.PathLike, videos: Iterable[Video], classes: Sequence[str]) -> None:
     """The split of `videos` as a CSV with a header (path, label, split), which the csv layout reads back
     with columns "header"."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(SPLIT_CSV_COLUMNS)
-        writer.writerows((v.relpath, classes[v.label], v.split) for v in videos)
+    write_csv(path, [SPLIT_CSV_COLUMNS, *((v.relpath, classes[v.label], v.split) for v in videos)])
 
 
 # ------------------------------------------------------------------------------------------ rows -> list

@@ -2,12 +2,18 @@
 
     python -m his.synth --out DIR [--classes PlayingCello,PlayingDhol] [--videos-per-class N] [--groups G]
                         [--ppmi-images M] [--seed S] [--duration-range 4 10] [--rooms shared|per-class]
-                        [--workers 2] [--force]
+                        [--layout ucf101|csv|folders] [--workers 2] [--force]
 
 writes, the same bytes for the same arguments (and the same ffmpeg, fluidsynth, soundfont and Pillow):
+  --layout ucf101 (default):
   DIR/UCF-101/<Class>/v_<Class>_gGG_cCC.avi   320x240, 25 fps, MPEG-4 Part 2 (xvid tag), MP3 (or AAC) 44.1 kHz
   DIR/ucfTrainTestlist/classInd.txt, trainlist01.txt, testlist01.txt   (a group is never in both splits;
       as UCF-101's split 1 takes groups 1-7 of 25 for test, the first round(G * 7/25) groups are test)
+  --layout csv (as a VGGSound download; classes by their VGGSound names, VGGSOUND_NAMES):
+  DIR/VGGSound/video/<YouTube-like id>_<start as 6 digits>.mp4   the segment already cut (MPEG-4 Part 2, AAC)
+  DIR/VGGSound/vggsound.csv   id, start seconds, label, split (train/test, by group as above), no header
+  --layout folders (a folder of class folders, named by their VGGSound names):
+  DIR/folders/<class>/v_<Class>_gGG_cCC.avi   (no split: hpc.preprocess draws one, keeping groups together)
   DIR/PPMI/norm_image/{play_instrument,with_instrument}/<Instrument>/{train,test}/NNNN.jpg
   DIR/attributes.json   the settings (rooms included) and every clip's and image's attributes, for evaluation;
       a rerun with the same settings finds it and reuses the data set (--force makes it anew)
@@ -56,7 +62,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -66,6 +72,7 @@ import numpy as np
 from tqdm import tqdm
 
 from his import __version__
+from his.data import layouts
 from his.io import atomic_path, write_json
 from his.media import ffmpeg_exe
 from his.synth import scene, sound
@@ -79,6 +86,15 @@ SEED_ORDER: tuple[str, ...] = REPORT_CLASSES + ("Drumming", "PlayingGuitar", "Pl
                                                 "PlayingViolin")
 SHARED_LOOK = 1000  # the seed key of a look drawn for no class in particular (rooms "shared")
 ROOM_MODES = scene.ROOM_MODES
+LAYOUTS = layouts.LAYOUTS
+# The VGGSound class of each UCF-101 class (daf and dhol by the nearest VGGSound has: a frame drum, a big drum).
+VGGSOUND_NAMES = {"Drumming": "playing drum kit", "PlayingCello": "playing cello", "PlayingDaf": "playing tambourine",
+                  "PlayingDhol": "playing bass drum", "PlayingFlute": "playing flute",
+                  "PlayingGuitar": "playing acoustic guitar", "PlayingPiano": "playing piano",
+                  "PlayingSitar": "playing sitar", "PlayingTabla": "playing tabla",
+                  "PlayingViolin": "playing violin, fiddle"}
+VGGSOUND_CSV = "VGGSound/vggsound.csv"
+YOUTUBE_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 FPS = 25
 TEST_GROUP_FRACTION = 7 / 25  # UCF-101 split 1: groups 1-7 of 25 are test
 TEMPO_RANGE = (70.0, 150.0)
@@ -99,14 +115,13 @@ class Clip:
     loudness: float
     tempo_bpm: float
     duration_s: float
+    video: str = ""  # its file under the output folder, named as the layout names it
+    youtube_id: str = ""  # csv: the id and start column of its row (its file is the segment already cut)
+    start_s: int = 0
 
     @property
     def name(self) -> str:
         return f"v_{self.cls}_g{self.group:02d}_c{self.clip:02d}"
-
-    @property
-    def video(self) -> str:
-        return f"UCF-101/{self.cls}/{self.name}.avi"
 
 
 @dataclass(frozen=True)
@@ -145,7 +160,7 @@ def audio_codec() -> str:
 
 
 def plan_clips(classes: Sequence[str], videos_per_class: int, groups: int, seed: int,
-               duration_range: tuple[float, float]) -> list[Clip]:
+               duration_range: tuple[float, float], layout: str = "ucf101") -> list[Clip]:
     test_groups = max(1, round(groups * TEST_GROUP_FRACTION))
     clips = []
     for cls in classes:
@@ -153,10 +168,23 @@ def plan_clips(classes: Sequence[str], videos_per_class: int, groups: int, seed:
             group, index = i % groups + 1, i // groups + 1
             rng = _rng(seed, cls, group, index, 0)
             duration = round(rng.uniform(*duration_range) * FPS) / FPS
-            clips.append(Clip(cls=cls, group=group, clip=index, split="test" if group <= test_groups else "train",
-                              pitch_register=round(float(rng.uniform()), 4), loudness=round(float(rng.uniform()), 4),
-                              tempo_bpm=round(float(rng.uniform(*TEMPO_RANGE)), 1), duration_s=duration))
+            clip = Clip(cls=cls, group=group, clip=index, split="test" if group <= test_groups else "train",
+                        pitch_register=round(float(rng.uniform()), 4), loudness=round(float(rng.uniform()), 4),
+                        tempo_bpm=round(float(rng.uniform(*TEMPO_RANGE)), 1), duration_s=duration)
+            clips.append(_placed(clip, layout, _rng(seed, cls, group, index, 4)))
     return sorted(clips, key=lambda c: (c.cls, c.group, c.clip))
+
+
+def _placed(clip: Clip, layout: str, rng: np.random.Generator) -> Clip:
+    """The clip with its file named as `layout` names it (csv: a YouTube-like id and a start of its own)."""
+    if layout == "csv":
+        youtube_id = "".join(rng.choice(list(YOUTUBE_ID_CHARS), 11))
+        start = int(rng.integers(0, 300))
+        return replace(clip, video=f"VGGSound/video/{youtube_id}_{start:06d}.mp4", youtube_id=youtube_id,
+                       start_s=start)
+    if layout == "folders":
+        return replace(clip, video=f"folders/{VGGSOUND_NAMES[clip.cls]}/{clip.name}.avi")
+    return replace(clip, video=f"UCF-101/{clip.cls}/{clip.name}.avi")
 
 
 def plan_images(classes: Sequence[str], count: int) -> list[PpmiImage]:
@@ -172,13 +200,16 @@ def plan_images(classes: Sequence[str], count: int) -> list[PpmiImage]:
     return images
 
 
-def encode_video(frames: bytes | bytearray, wav: Path, duration: float, path: Path, timeout: float = 120.0) -> None:
-    """rgb24 frames at 25 fps + a WAV -> AVI (MPEG-4 Part 2 with the xvid tag, MP3/AAC), bit-exact output."""
+def encode_video(frames: bytes | bytearray, wav: Path, duration: float, path: Path, timeout: float = 120.0,
+                 container: str = "avi") -> None:
+    """rgb24 frames at 25 fps + a WAV -> AVI (MPEG-4 Part 2 with the xvid tag, MP3/AAC) or MP4 (MPEG-4 Part 2,
+    AAC, as YouTube downloads have), bit-exact output."""
     video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{scene.WIDTH}x{scene.HEIGHT}",
                          framerate=FPS)
     audio = ffmpeg.input(str(wav))
+    codecs = {"vtag": "xvid", "acodec": audio_codec()} if container == "avi" else {"acodec": "aac"}
     stream = ffmpeg.output(
-        video, audio, str(path), format="avi", vcodec="mpeg4", vtag="xvid", pix_fmt="yuv420p", acodec=audio_codec(),
+        video, audio, str(path), format=container, vcodec="mpeg4", pix_fmt="yuv420p", **codecs,
         ar=sound.SAMPLE_RATE, ac=2, t=f"{duration:.3f}", fflags="+bitexact", threads=1,
         **{"q:v": 5, "b:a": "128k", "flags:v": "+bitexact", "flags:a": "+bitexact"},
     ).global_args("-nostdin", "-loglevel", "error", "-y")  # ffmpeg-python puts these last: global options only
@@ -210,7 +241,7 @@ def make_clip(clip: Clip, out: Path, seed: int, rooms: str = "shared") -> list[i
         wav = Path(tmp) / "sound.wav"
         sound.write_wav(wav, sound.render(notes, voice.program, clip.duration_s, Path(tmp)))
         with atomic_path(path) as tmp_path:
-            encode_video(frames, wav, clip.duration_s, tmp_path)
+            encode_video(frames, wav, clip.duration_s, tmp_path, container=path.suffix.lstrip("."))
     return sound.pitched_keys(voice, notes)
 
 
@@ -256,10 +287,18 @@ def write_split_lists(out: Path, classes: Sequence[str], clips: list[Clip]) -> N
             tmp.write_text(text)
 
 
+def write_segment_csv(out: Path, clips: list[Clip]) -> None:
+    """VGGSound's CSV: one row per segment, id, start seconds, label, split, no header."""
+    layouts.write_csv(out / VGGSOUND_CSV, [(c.youtube_id, c.start_s, VGGSOUND_NAMES[c.cls], c.split) for c in clips])
+
+
 def check_arguments(out: Path, classes: Sequence[str], videos_per_class: int, groups: int, ppmi_images: int,
-                    seed: int, duration_range: tuple[float, float], workers: int, rooms: str = "shared") -> None:
+                    seed: int, duration_range: tuple[float, float], workers: int, rooms: str = "shared",
+                    layout: str = "ucf101") -> None:
     if rooms not in ROOM_MODES:
         raise SynthError(f"unknown rooms {rooms!r}; choose from {', '.join(ROOM_MODES)}")
+    if layout not in LAYOUTS:
+        raise SynthError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if not classes:
         raise SynthError(f"no classes given; choose from {', '.join(ALL_CLASSES)}")
     unknown = [c for c in classes if c not in ALL_CLASSES]
@@ -285,32 +324,34 @@ def check_arguments(out: Path, classes: Sequence[str], videos_per_class: int, gr
 def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, videos_per_class: int = 20,
              groups: int = 5, ppmi_images: int = 200, seed: int = 0,
              duration_range: tuple[float, float] = (4.0, 10.0), workers: int = 2, progress: bool = True,
-             force: bool = False, rooms: str = "shared") -> dict:
+             force: bool = False, rooms: str = "shared", layout: str = "ucf101") -> dict:
     """Write the data set under `out` (see the module docstring); returns a summary. Groups are capped at
     `videos_per_class`. A complete earlier run with the same settings is reused unless `force`. `rooms`:
     "shared" (every class draws its players and rooms from the same pools) or "per-class" (each class its own
-    room palette and instrument colour, the scheme before rooms were shared). Raises SynthError on arguments it
-    cannot use."""
+    room palette and instrument colour, the scheme before rooms were shared). `layout`: how the videos are laid
+    out and split (ucf101, csv or folders; see the module docstring). Raises SynthError on arguments it cannot
+    use."""
     start = time.monotonic()
     out = Path(out)
     classes = sorted(dict.fromkeys(classes))  # classInd.txt numbers classes in alphabetical order, as UCF-101
-    check_arguments(out, classes, videos_per_class, groups, ppmi_images, seed, duration_range, workers, rooms)
+    check_arguments(out, classes, videos_per_class, groups, ppmi_images, seed, duration_range, workers, rooms, layout)
     groups = min(groups, videos_per_class)
-    clips = plan_clips(classes, videos_per_class, groups, seed, duration_range)
+    clips = plan_clips(classes, videos_per_class, groups, seed, duration_range, layout)
     images = plan_images(classes, ppmi_images)
     source = "fluidsynth" if sound.fluidsynth_available() else "numpy"
+    codec = "aac" if layout == "csv" else audio_codec()  # the csv layout's MP4s carry AAC
     settings = {"version": __version__, "seed": seed, "classes": classes, "videos_per_class": videos_per_class,
                 "groups": groups, "ppmi_images": ppmi_images, "duration_range": list(duration_range),
-                "sound": source, "audio_codec": audio_codec(), "rooms": rooms}
-    summary = {"out": str(out), "classes": classes, "rooms": rooms, "videos": len(clips), "groups": groups,
-               "train": sum(c.split == "train" for c in clips), "test": sum(c.split == "test" for c in clips),
-               "images": len(images), "sound": source, "audio_codec": audio_codec()}
+                "sound": source, "audio_codec": codec, "rooms": rooms, "layout": layout}
+    summary = {"out": str(out), "classes": classes, "rooms": rooms, "layout": layout, "videos": len(clips),
+               "groups": groups, "train": sum(c.split == "train" for c in clips), "test": sum(c.split == "test" for c in clips),
+               "images": len(images), "sound": source, "audio_codec": codec}
     attributes_path = out / "attributes.json"
     if not force and _complete(out, settings):
         return {**summary, "reused": True, "seconds": round(time.monotonic() - start, 1)}
     attributes_path.unlink(missing_ok=True)  # written last: while absent, the files on disk are not a data set
-    for cls in classes:
-        (out / "UCF-101" / cls).mkdir(parents=True, exist_ok=True)
+    for folder in {(out / c.video).parent for c in clips}:
+        folder.mkdir(parents=True, exist_ok=True)
     sound.warn_if_fallback()
 
     keys: dict[str, list[int]] = {}
@@ -331,7 +372,10 @@ def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, v
                 keys[name] = job.result()
             bar.update(count)
 
-    write_split_lists(out, classes, clips)
+    if layout == "ucf101":
+        write_split_lists(out, classes, clips)
+    elif layout == "csv":
+        write_segment_csv(out, clips)
     clip_records = []
     looks: dict[tuple[str, int], scene.Look] = {}
     for c in clips:
@@ -339,7 +383,8 @@ def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, v
         if (c.cls, c.group) not in looks:
             looks[c.cls, c.group] = group_look(c.cls, c.group, seed, rooms)
         look = looks[c.cls, c.group]
-        record = {"video": c.video, "class": c.cls, **{k: v for k, v in asdict(c).items() if k != "cls"}}
+        csv_only = () if layout == "csv" else ("youtube_id", "start_s")
+        record = {"class": c.cls, **{k: v for k, v in asdict(c).items() if k not in ("cls", *csv_only)}}
         record.update(centre_note=sound.centre_note(voice, c.pitch_register), program=voice.program,
                       gm=voice.gm, notes=keys[c.name], pose=look.pose, instrument_colour=list(look.instrument),
                       wall=list(look.wall), floor=list(look.floor))

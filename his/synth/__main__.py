@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from his.synth import ALL_CLASSES, DEFAULT_CLASSES, ROOM_MODES, SynthError, generate
+from his.synth import ALL_CLASSES, DEFAULT_CLASSES, LAYOUTS, ROOM_MODES, SynthError, generate
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -33,12 +33,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="shared (default): every class draws players, rooms and instrument colours from the "
                              "same pools, so only the instrument tells the class; per-class: each class its own "
                              "room and instrument colour (the earlier scheme, for comparison)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="ucf101",
+                        help="ucf101 (default): UCF-101/ and its split lists; csv: VGGSound/ as a VGGSound download "
+                             "(cut segments and one CSV); folders: folders/, one folder per class")
     parser.add_argument("--force", action="store_true", help="make the data set anew even if it is complete")
     args = parser.parse_args(argv)
     classes = [c for item in args.classes for c in item.split(",") if c]
     try:
         summary = generate(args.out, classes, args.videos_per_class, args.groups, args.ppmi_images, args.seed,
-                           tuple(args.duration_range), args.workers, force=args.force, rooms=args.rooms)
+                           tuple(args.duration_range), args.workers, force=args.force, rooms=args.rooms,
+                           layout=args.layout)
     except SynthError as e:
         parser.error(str(e))
     print(json.dumps(summary))
