@@ -162,13 +162,13 @@ def previous_entries(manifest: Path) -> dict[str, dict]:
         return {}
 
 
-def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int,
-              check: Callable[[], None] = lambda: None) -> Iterator[VideoResult]:
-    """Yield results as Ray tasks finish, with never more than `max_in_flight` videos submitted at once;
-    `check()` is called at least every second (it raises to stop)."""
+def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int, check: Callable[[], None] = lambda: None,
+              work: Callable[[Video, Settings], VideoResult] = process_video) -> Iterator[VideoResult]:
+    """Yield results as Ray tasks of `work` finish, with never more than `max_in_flight` videos submitted at
+    once; `check()` is called at least every second (it raises to stop)."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(process_video)  # over every node
+    task = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(work)  # over every node
     settings_ref = ray.put(settings)
     pending = iter(videos)
     in_flight = [task.remote(v, settings_ref) for v in itertools.islice(pending, max_in_flight)]
@@ -227,8 +227,7 @@ def read_inputs(args: PreprocessConfig) -> tuple[Listing, Settings]:
 
 
 def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings, videos: list[Video],
-               session: Callable[[PreprocessConfig], ContextManager[tuple[int, StopSignals]]] | None = None,
-               tasks: Callable[..., Iterator[VideoResult]] | None = None) -> tuple[Summary, list[dict]]:
+               session: Session | None = None, tasks: TaskRunner | None = None) -> tuple[Summary, list[dict]]:
     """Decode and write what is not yet in OUT (whose lock the caller holds); build the index and manifest.
     `session` and `tasks` run the decoding (default: ray_session and run_tasks; benchmarks/preprocess_scale.py
     swaps in a stub)."""
@@ -384,6 +383,12 @@ def ray_session(args: PreprocessConfig) -> Iterator[tuple[int, StopSignals]]:
     stop.check()
 
 
+# What runs the decoding: a session giving the CPU count and the stop signals, and a runner of the tasks (run_tasks'
+# arguments: videos, settings, tasks in flight, the stop check), so that a benchmark can stub both.
+Session = Callable[[PreprocessConfig], ContextManager[tuple[int, StopSignals]]]
+TaskRunner = Callable[[list[Video], Settings, int, Callable[[], None]], Iterator[VideoResult]]
+
+
 def print_summary(summary: Summary, skipped: list[dict], out: Path) -> None:
     rows = [
         ("videos kept (decoded now)", summary.videos_kept),
@@ -477,9 +482,10 @@ def check_config(cfg: PreprocessConfig) -> None:
             raise ConfigError(f"--{name} is required" + (f" with --layout {cfg.layout}" if name in needed else ""))
 
 
-def run(cfg: PreprocessConfig) -> dict[str, Any]:
+def run(cfg: PreprocessConfig, session: Session | None = None, tasks: TaskRunner | None = None) -> dict[str, Any]:
     """Preprocess OUT (holding its lock), write report.json and the config beside it, check the files against
-    datasets.h5.spec; returns the report with "status" (completed, or failed with its "problems")."""
+    datasets.h5.spec; returns the report with "status" (completed, or failed with its "problems"). `session`
+    and `tasks`: as for preprocess()."""
     check_config(cfg)
     listing, settings = read_inputs(cfg)
     for where, why in listing.rejected:
@@ -488,7 +494,7 @@ def run(cfg: PreprocessConfig) -> dict[str, Any]:
     with exclusive_dir(out, PROG, temp_dirs=("", "shards")):
         if cfg.layout == "folders" and not (out / SPLIT_CSV).is_file():  # the split, for reruns to reuse
             write_split_csv(out / SPLIT_CSV, listing.videos, listing.classes)
-        summary, skipped = preprocess(cfg, listing.classes, settings, listing.videos)
+        summary, skipped = preprocess(cfg, listing.classes, settings, listing.videos, session, tasks)
         summary.rows_rejected = len(listing.rejected)
         save_config(cfg, out / "config.toml")  # what made the set (hpc.launch skips the stage when it is the same)
         report = {"created": now_utc(), "summary": asdict(summary), "skipped": skipped,

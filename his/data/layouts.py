@@ -52,14 +52,13 @@ class Video:
     group: int  # videos of one group (one recording, one player) are held out together
     start_s: float = 0.0  # its segment within the file, seconds
     end_s: float = math.inf  # (inf: to the file's end)
+    # The planned video as the shards record it: its path, and a segment as a W3C media fragment (PATH#t=30,40),
+    # so that two segments of one file are two videos, and another segment is another.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """The planned video as the shards record it: its path, and a segment as a W3C media fragment
-        (`PATH#t=30,40`), so that two segments of one file are two videos, and another segment is another."""
-        if self.start_s == 0 and math.isinf(self.end_s):
-            return self.path
-        return f"{self.path}#t={self.start_s:g},{self.end_s:g}"
+    def __post_init__(self) -> None:
+        whole = self.start_s == 0 and math.isinf(self.end_s)
+        object.__setattr__(self, "key", self.path if whole else f"{self.path}#t={self.start_s:g},{self.end_s:g}")
 
 
 @dataclass
@@ -78,7 +77,7 @@ class Row:
     where: str  # FILE:LINE or the path, for a line in the report
     label: str
     split: str
-    path: Path
+    path: str
     relpath: str
     video_id: str
     group_key: str
@@ -261,9 +260,9 @@ def csv_row(names: list[str], fields: list[str], words: dict[str, str], files: d
         relpath = files[video_id]
     else:
         raise ValueError(f"no video {segment_id}.* or {video_id}.* in {videos_dir}")
-    group = GROUP_IN_NAME.search(Path(relpath).stem)
-    return Row(where, label, split, videos_dir / relpath, relpath, segment_id, group[0] if group else video_id,
-               start, end)
+    group = GROUP_IN_NAME.search(os.path.basename(relpath))
+    return Row(where, label, split, os.path.join(videos_dir, relpath), relpath, segment_id,
+               group[0] if group else video_id, start, end)
 
 
 # ----------------------------------------------------------------------------------------------- folders
@@ -283,7 +282,7 @@ def read_folder_rows(videos_dir: str | os.PathLike, seed: int, test_fraction: fl
         test = set(rng.choice(keys, n_test, replace=False)) if n_test > 0 else set()
         for p in paths:
             relpath = p.relative_to(videos_dir).as_posix()
-            rows.append(Row(relpath, folder.name, "test" if groups[p] in test else "train", p, relpath,
+            rows.append(Row(relpath, folder.name, "test" if groups[p] in test else "train", str(p), relpath,
                             str(Path(relpath).with_suffix("")), groups[p]))
     if not rows:
         raise InputError(f"{videos_dir}: no class folders with videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
@@ -333,7 +332,7 @@ def list_rows(rows: list[Row], rejected: list[tuple[str, str]], classes: Sequenc
         if (r.label, r.group_key) not in group_of:
             per_class[r.label] += 1
             group_of[r.label, r.group_key] = per_class[r.label]
-        videos.append(Video(r.relpath, str(r.path), label_of[r.label], r.split, r.video_id,
+        videos.append(Video(r.relpath, r.path, label_of[r.label], r.split, r.video_id,
                             group_of[r.label, r.group_key], r.start_s, r.end_s))
     crowded = [c for c, n in per_class.items() if n > GROUP_MAX]
     if crowded:

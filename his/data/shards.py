@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 SPLIT_CODES = {"train": 0, "test": 1}  # the clip shards' split column
 
 
+@lru_cache(maxsize=1)
 def code_version() -> str:
-    """his.__version__, plus the git commit of the checkout when there is one."""
+    """his.__version__, plus the git commit of the checkout when there is one (asked once per process)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
