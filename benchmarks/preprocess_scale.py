@@ -102,8 +102,10 @@ def measure(csv_path: Path, out: Path, phase: str, task_s: float, ray_cpus: int)
 
     def counted(videos, *args):
         submitted.append(len(videos))
-        if ray_cpus:  # a Ray task must be a plain function: the stub at no cost
-            return run_tasks(videos, *args, work=stub_video)
+        if ray_cpus:  # a Ray task must be a plain function (the stub at no cost), importable by the workers
+            from benchmarks import preprocess_scale
+
+            return run_tasks(videos, *args, work=preprocess_scale.stub_video)
         return stub_tasks(videos, *args, task_s=task_s)
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

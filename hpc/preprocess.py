@@ -282,7 +282,7 @@ def preprocess(args: PreprocessConfig, classes: list[str], settings: Settings, v
             with tqdm(total=len(todo_videos), unit="video", desc="preprocess", dynamic_ncols=True,
                       file=sys.stderr) as bar:
                 t_loop = time.perf_counter()
-                for result in tasks(todo_videos, settings, cpus, stop.check):
+                for result in tasks(todo_videos, settings, 2 * cpus, stop.check):  # 2x: no CPU waits on the driver
                     summary.seconds["decode (sum over tasks)"] += result.decode_s
                     if result.columns is None:
                         tqdm.write(f"skip {result.video.path}: {result.reason}", file=sys.stderr)
