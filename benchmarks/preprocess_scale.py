@@ -5,12 +5,19 @@ bad rows), the split check, the shard plan, the task list, the shards' metadata,
 spec check, and then the resume of a half-finished output (the last half of the shards deleted).
 
     python -m benchmarks.preprocess_scale [--rows 2000,20000,200000] [--repeats 3] [--task-ms 0]
-                                          [--ray-rows 2000,20000] [--json OUT.json] [--workdir DIR]
+        [--ray-rows 2000,20000] [--ray-repeats 1] [--decode-videos 5] [--estimate-rows 200000]
+        [--cores-per-node 32] [--efficiency 0.78] [--json OUT.json] [--workdir DIR]
 
 Each measurement runs in a fresh process (its peak RSS is the driver's peak memory). "driver s" is the wall
 time of run() less the stubbed tasks' fixed cost. The input (CSV and N empty video files) is made once per N.
-With --ray-rows, the same is done with the tasks on a real local Ray (2 CPUs), the decode stubbed in the task:
-Ray's own cost per task, which the stub runner leaves out. Medians of --repeats; a table, and JSON.
+With --ray-rows, the same is done with the tasks on a real local Ray (--ray-cpus logical CPUs), the decode
+stubbed in the task: Ray's own cost per video (hpc.preprocess batches a few videos per task), which the stub
+runner leaves out. Medians of --repeats; a table, and JSON.
+
+Then what a real VGGSound run would cost: decode_clips (4 windows of 2 s, as hpc.preprocess's defaults) timed on
+--decode-videos generated 10 s 640x360 H.264 + AAC MP4s (a VGGSound download's format), one process, median;
+the hours for --estimate-rows videos on N nodes of --cores-per-node cores at --efficiency parallel efficiency
+(README: 78 % from 1 to 2 Ray workers on this 2-vCPU machine), plus the driver's time measured above.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 from his.constants import SAMPLE_RATE
 from his.data.layouts import Video, write_csv
 from his.data.shards import empty_columns
+from his.media import decode_clips, ffmpeg_exe
 from hpc.preprocess import PreprocessConfig, Settings, StopSignals, VideoResult, run, run_tasks
 
 CLASSES = 310  # VGGSound's
@@ -119,7 +127,8 @@ def measure(csv_path: Path, out: Path, phase: str, task_s: float, ray_cpus: int)
             "shards_kept": summary["shards_kept"], "shards_written": summary["shards_written"],
             "rows_rejected": summary["rows_rejected"], "videos": tasks + summary["videos_reused"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "start_rss_mb": rss_before / 1024, "seconds": summary["seconds"]}
+            "start_rss_mb": rss_before / 1024, "ray_start_s": summary["seconds"]["start ray"],
+            "seconds": summary["seconds"]}
 
 
 def child(csv_path: Path, out: Path, phase: str, task_s: float, ray_cpus: int) -> dict:
@@ -147,8 +156,37 @@ def bench(workdir: Path, rows: int, repeats: int, task_s: float, ray_cpus: int) 
             "shards": fresh["shards_written"], "fresh_driver_s": med("fresh", "driver_s"),
             "fresh_peak_mb": med("fresh", "peak_rss_mb"), "resume_driver_s": med("resume", "driver_s"),
             "resume_peak_mb": med("resume", "peak_rss_mb"), "start_rss_mb": med("fresh", "start_rss_mb"),
+            "ray_start_s": med("fresh", "ray_start_s"),
             "resume_tasks": resume["tasks"], "resume_shards_kept": resume["shards_kept"],
             "fresh_seconds": fresh["seconds"], "runs": runs}
+
+
+def decode_seconds(folder: Path, count: int) -> list[float]:
+    """Seconds of decode_clips on each of `count` generated 10 s 640x360 H.264 + AAC MP4s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    times = []
+    for i in range(count):
+        path = folder / f"segment{i}_000000.mp4"
+        if not path.is_file():
+            subprocess.run([ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
+                            "-f", "lavfi", "-i", "testsrc2=s=640x360:r=25:d=10",
+                            "-f", "lavfi", "-i", f"sine=f={300 + 40 * i}:d=10",
+                            "-c:v", "libx264", "-preset", "fast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
+                            str(path)], check=True)  # fmt: skip
+        t = time.perf_counter()
+        decode_clips(path)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def estimate(per_video_s: float, driver_s_per_row: float, ray_s_per_video: float, rows: int, cores: int,
+             efficiency: float, nodes: list[int]) -> list[dict]:
+    """Hours to preprocess `rows` videos on each node count: decoding spread over every core, but no faster than
+    the driver hands videos out through Ray, and the driver's own bookkeeping."""
+    return [{"nodes": n, "cores": n * cores,
+             "hours": (max(rows * per_video_s / (n * cores * efficiency), rows * ray_s_per_video)
+                       + rows * driver_s_per_row) / 3600}
+            for n in nodes]
 
 
 def print_table(results: list[dict]) -> None:
@@ -157,7 +195,7 @@ def print_table(results: list[dict]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in results:
-        print(f"| {r['rows']:,} | {'Ray (2 CPUs)' if r['ray'] else 'stub'} | {r['videos']:,} | {r['rows_rejected']} "
+        print(f"| {r['rows']:,} | {'Ray' if r['ray'] else 'stub'} | {r['videos']:,} | {r['rows_rejected']} "
               f"| {r['shards']} | {r['fresh_driver_s']:.2f} | {r['fresh_peak_mb']:.0f} | {r['resume_driver_s']:.2f} "
               f"| {r['resume_peak_mb']:.0f} | {r['resume_shards_kept']} / {r['resume_tasks']:,} "
               f"| {1e6 * r['fresh_driver_s'] / r['rows']:.0f} |")
@@ -168,28 +206,57 @@ def main() -> int:
     parser.add_argument("--rows", default="2000,20000,200000")
     parser.add_argument("--ray-rows", default="", help="also run these sizes with the tasks on a real local Ray")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ray-repeats", type=int, default=1)
     parser.add_argument("--task-ms", type=float, default=0.0, help="fixed cost of a stubbed decode")
+    parser.add_argument("--decode-videos", type=int, default=5, help="MP4s to time decode_clips on (0: none)")
+    parser.add_argument("--estimate-rows", type=int, default=200_000)
+    parser.add_argument("--cores-per-node", type=int, default=32)
+    parser.add_argument("--efficiency", type=float, default=0.78)
     parser.add_argument("--workdir", default="", help="where inputs and outputs go (default: a temporary folder)")
     parser.add_argument("--json", default="")
     parser.add_argument("--one", choices=("fresh", "resume"), help=argparse.SUPPRESS)
     parser.add_argument("--csv", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--ray-cpus", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--ray-cpus", type=int, default=4,
+                        help="logical CPUs of the local Ray with --ray-rows: the stub costs nothing, so more tasks in "
+                             "flight than cores measure what the driver and Ray spend per task, not its latency")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(Path(args.csv), Path(args.out), args.one, args.task_ms / 1000, args.ray_cpus)))
         return 0
     with contextlib.ExitStack() as stack:
         workdir = Path(args.workdir) if args.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        sizes = [(int(n), 0) for n in args.rows.split(",") if n] + [(int(n), 2) for n in args.ray_rows.split(",") if n]
+        sizes = [(int(n), 0) for n in args.rows.split(",") if n]
+        sizes += [(int(n), args.ray_cpus) for n in args.ray_rows.split(",") if n]
         results = []
         for rows, ray_cpus in sizes:
-            results.append(bench(workdir, rows, args.repeats, args.task_ms / 1000, ray_cpus))
+            repeats = args.ray_repeats if ray_cpus else args.repeats
+            results.append(bench(workdir, rows, repeats, args.task_ms / 1000, ray_cpus))
             print(f"{rows} rows ({'Ray' if ray_cpus else 'stub'}): driver {results[-1]['fresh_driver_s']:.2f} s, "
                   f"peak {results[-1]['fresh_peak_mb']:.0f} MB", file=sys.stderr)
+        decode = decode_seconds(workdir / "decode", args.decode_videos) if args.decode_videos else []
     print_table(results)
+    report: dict = {"results": results}
+    if decode:
+        per_video = statistics.median(decode)
+        stub = {r["rows"]: r["fresh_driver_s"] / r["rows"] for r in results if not r["ray"]}
+        per_row = stub[max(stub)] if stub else 0.0
+        ray = [r for r in results if r["ray"] and r["rows"] in stub]  # Ray's cost per video beyond the stub runner's
+        per_video_ray = max(((r["fresh_driver_s"] - r["ray_start_s"]) / r["rows"] - stub[r["rows"]] for r in ray),
+                       default=0.0)
+        costs = estimate(per_video, per_row, per_video_ray, args.estimate_rows, args.cores_per_node, args.efficiency,
+                         [1, 4, 16, 64])
+        print(f"\ndecode_clips on a 10 s 640x360 H.264 MP4: {per_video:.2f} s per video (median of {len(decode)}, "
+              f"one process); {args.estimate_rows:,} videos at {args.efficiency:.0%} efficiency, "
+              f"{args.cores_per_node} cores per node, no faster than Ray's {1e3 * per_video_ray:.2f} ms per video, "
+              f"plus "
+              f"the driver's {1e6 * per_row:.0f} µs per row:")
+        print("| nodes | cores | hours |\n|---|---|---|")
+        for c in costs:
+            print(f"| {c['nodes']} | {c['cores']} | {c['hours']:.2f} |")
+        report.update(decode_s=decode, decode_s_median=per_video, ray_s_per_video=per_video_ray, estimate=costs)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results}, indent=1))
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
 
 

@@ -10,8 +10,8 @@
 The layouts and what each row of them may do wrong: his.data.layouts. Rows that cannot be used are rejected
 before anything is decoded, each with one line (FILE:LINE or path, and why) on stderr and in report.json.
 
-One Ray task per video decodes it with one ffmpeg call (his.media.decode_clips). Videos are assigned to
-shards up front, in split-list order, so shard k always holds the same videos: a shard that exists (shards
+A Ray task decodes a few videos (up to MAX_VIDEOS_PER_TASK), each with his.media.decode_clips. Videos are
+assigned to shards up front, in listing order, so shard k always holds the same videos: a shard that exists (shards
 are renamed into place only when complete), was made with the same settings and still has the sha256 the
 manifest gave it is kept on a re-run, and the index rows come out in the same order however the tasks
 finish. The manifest is rewritten after each shard, listing only the shards this run wrote or found
@@ -52,6 +52,9 @@ from his.media import MediaError, decode_clips
 from hpc.ray_cluster import node_name
 
 PROG = "hpc.preprocess"
+# A Ray task costs the driver about 1.7 ms here (benchmarks/preprocess_scale.py): 200,000 one-video tasks would be
+# 6 minutes of it; a video takes about 0.3 s to decode, so a task of 8 is still a short one.
+MAX_VIDEOS_PER_TASK = 8
 
 
 @dataclass
@@ -162,25 +165,33 @@ def previous_entries(manifest: Path) -> dict[str, dict]:
         return {}
 
 
+def process_videos(videos: list[Video], settings: Settings,
+                   work: Callable[[Video, Settings], VideoResult] = process_video) -> list[VideoResult]:
+    """One Ray task's videos, one after another."""
+    return [work(video, settings) for video in videos]
+
+
 def run_tasks(videos: list[Video], settings: Settings, max_in_flight: int, check: Callable[[], None] = lambda: None,
               work: Callable[[Video, Settings], VideoResult] = process_video) -> Iterator[VideoResult]:
-    """Yield results as Ray tasks of `work` finish, with never more than `max_in_flight` videos submitted at
-    once; `check()` is called at least every second (it raises to stop)."""
+    """Yield results as Ray tasks of `work` finish, with never more than `max_in_flight` tasks submitted at
+    once; `check()` is called at least every second (it raises to stop). A task takes up to
+    MAX_VIDEOS_PER_TASK videos, fewer when there are not 4 tasks per slot in flight to share out."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(work)  # over every node
+    task = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(process_videos)  # over every node
     settings_ref = ray.put(settings)
-    pending = iter(videos)
-    in_flight = [task.remote(v, settings_ref) for v in itertools.islice(pending, max_in_flight)]
+    per_task = max(1, min(MAX_VIDEOS_PER_TASK, len(videos) // (4 * max_in_flight)))
+    pending = (videos[i : i + per_task] for i in range(0, len(videos), per_task))
+    in_flight = [task.remote(batch, settings_ref, work) for batch in itertools.islice(pending, max_in_flight)]
     while in_flight:
         check()
         done, in_flight = ray.wait(in_flight, num_returns=1, timeout=1.0)
         if not done:
             continue
-        next_video = next(pending, None)
-        if next_video is not None:
-            in_flight.append(task.remote(next_video, settings_ref))
-        yield ray.get(done[0])
+        next_batch = next(pending, None)
+        if next_batch is not None:
+            in_flight.append(task.remote(next_batch, settings_ref, work))
+        yield from ray.get(done[0])
 
 
 @dataclass

@@ -70,7 +70,7 @@ class Listing:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One usable row of a csv or folders layout, before labels and groups are given."""
 
@@ -254,7 +254,8 @@ def csv_row(names: list[str], fields: list[str], words: dict[str, str], files: d
         segment_id = segment_id or video_id
     elif not video_id:
         raise ValueError("no id")
-    elif values.get("start") and segment_id in files:  # VGGSound's cut segment <id>_<start 6 digits>.<ext>: it starts at the file's start
+    elif values.get("start") and segment_id in files:  # VGGSound's cut segment <id>_<start 6 digits>.<ext>:
+        # it starts at the file's start
         relpath, start, end = files[segment_id], 0.0, segment_s
     elif video_id in files:  # the whole video <id>.<ext>
         relpath = files[video_id]

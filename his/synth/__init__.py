@@ -344,7 +344,8 @@ def generate(out: str | os.PathLike, classes: Sequence[str] = DEFAULT_CLASSES, v
                 "groups": groups, "ppmi_images": ppmi_images, "duration_range": list(duration_range),
                 "sound": source, "audio_codec": codec, "rooms": rooms, "layout": layout}
     summary = {"out": str(out), "classes": classes, "rooms": rooms, "layout": layout, "videos": len(clips),
-               "groups": groups, "train": sum(c.split == "train" for c in clips), "test": sum(c.split == "test" for c in clips),
+               "groups": groups, "train": sum(c.split == "train" for c in clips),
+               "test": sum(c.split == "test" for c in clips),
                "images": len(images), "sound": source, "audio_codec": codec}
     attributes_path = out / "attributes.json"
     if not force and _complete(out, settings):
