@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 import tomli_w
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -45,7 +46,11 @@ def load_config(cls: type[T], toml_path: str | os.PathLike | None = None, overri
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            except yaml.YAMLError as e:  # e.g. a value that opens with a quote and goes on after it
+                raise ConfigError(f"config: {item}: not a value YAML reads ({getattr(e, 'problem', e)}); quote the "
+                                  "whole value: key='...'") from None
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         line, key = str(e).splitlines()[0], getattr(e, "full_key", None)

@@ -4,8 +4,8 @@
                          [--config FILE.toml] [--local] [--dry-run] [--sweep FILE.toml] [--wait] [key=value ...]
 
 STAGE is one of preprocess, finetune, features, pretrain, train, evaluate. Without one, the whole chain is
-submitted at once, each job depending on the one before (afterok); preprocess leads it when `videos=` and
-`splits=` are set. Before anything is submitted, each stage's plan is printed: "skip (same config)" when its
+submitted at once, each job depending on the one before (afterok); preprocess leads it when `videos=` is set
+(in the layout `preprocess.layout=` names; the default ucf101 also wants `splits=`). Before anything is submitted, each stage's plan is printed: "skip (same config)" when its
 outputs are complete and were made by the config asked for, "resume", or "run", with the reason (hpc.plan); a
 change that would mix two configs in one stage's outputs is refused in one line.
 Keys are those of `PipelineConfig` (dotted: `train.max_steps=200`, `clips=/scratch/his/ucf`); the paths

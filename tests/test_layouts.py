@@ -15,6 +15,7 @@ import ray
 from his.data.dataset import load_split, read_classes
 from his.data.layouts import (SPLIT_CSV, list_rows, parse_classes, read_csv_rows, read_folder_rows, write_csv,
                               write_split_csv)
+from his.config import ConfigError
 from his.eval.report import Entry, render_page
 from his.io import InputError
 from his.synth import VGGSOUND_CSV, VGGSOUND_NAMES, generate
@@ -125,6 +126,17 @@ def test_class_names_with_commas_and_quotes_survive_the_report_page():
     assert f"test clip 0: {ODD}" in page.text and ODD in page.text
 
 
+def test_class_names_with_commas_and_quotes_survive_the_projector(datasets, tmp_path):
+    from his.audio.features import figure_1
+
+    clips = datasets.clips(tmp_path / "clips", [ODD, "playing violin, fiddle"], window_s=0.1)
+    features = datasets.features(clips, dim=4)
+    figure_1(Path(clips) / "index.h5", Path(features))
+    metadata = next((Path(features) / "tb").rglob("metadata.tsv")).read_text().splitlines()
+    labels = load_split(Path(clips) / "index.h5", None, ["label"])["label"]
+    assert sorted(metadata) == sorted([ODD, "playing violin, fiddle"][i] for i in labels)
+
+
 def test_the_launcher_takes_the_layout(tmp_path, capsys):
     (tmp_path / "videos").mkdir()
     cfg = wire(PipelineConfig(clips=str(tmp_path / "clips"), videos=str(tmp_path / "videos")), tmp_path / "run")
@@ -133,10 +145,12 @@ def test_the_launcher_takes_the_layout(tmp_path, capsys):
             f"clips={tmp_path / 'clips'}", "preprocess.layout=csv"]
     with pytest.raises(Exception, match="preprocess: --csv is required with --layout csv"):
         launch(parse_args(args))
-    launch(parse_args([*args, f"preprocess.csv={tmp_path / 'vggsound.csv'}",
-                       "preprocess.classes='\"playing violin, fiddle\",playing cello'"]))
+    csv_file = f"preprocess.csv={tmp_path / 'vggsound.csv'}"
+    launch(parse_args([*args, csv_file, 'preprocess.classes=playing cello,"playing violin, fiddle"']))
     printed = capsys.readouterr().out
-    assert 'layout = "csv"' in printed and "playing violin, fiddle" in printed
+    assert 'layout = "csv"' in printed and 'classes = "playing cello,\\"playing violin, fiddle\\""' in printed
+    with pytest.raises(ConfigError, match="not a value YAML reads .* quote the whole value"):
+        launch(parse_args([*args, csv_file, 'preprocess.classes="playing violin, fiddle",playing cello']))
     with pytest.raises(Exception, match="--splits is required with --layout ucf101"):
         launch(parse_args([*args[:-1], "preprocess.classes=A"]))
 
