@@ -5,9 +5,10 @@
 
 STAGE is one of preprocess, finetune, features, pretrain, train, evaluate. Without one, the whole chain is
 submitted at once, each job depending on the one before (afterok); preprocess leads it when `videos=` is set
-(in the layout `preprocess.layout=` names; the default ucf101 also wants `splits=`). Before anything is submitted, each stage's plan is printed: "skip (same config)" when its
-outputs are complete and were made by the config asked for, "resume", or "run", with the reason (hpc.plan); a
-change that would mix two configs in one stage's outputs is refused in one line.
+(in the layout `preprocess.layout=` names; the default ucf101 also wants `splits=`). Before anything is
+submitted, each stage's plan is printed: "skip (same config)" when its outputs are complete and were made by
+the config asked for, "resume", or "run", with the reason (hpc.plan); a change that would mix two configs in
+one stage's outputs is refused in one line.
 Keys are those of `PipelineConfig` (dotted: `train.max_steps=200`, `clips=/scratch/his/ucf`); the paths
 between stages are set from the run directory, so every stage of one run reads what the one before wrote:
 

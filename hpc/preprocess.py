@@ -214,10 +214,10 @@ def read_listing(args: PreprocessConfig) -> Listing:
         if not classes:
             raise InputError(f"--classes {args.classes!r} names no class")
         return read_ucf101(args.videos, args.splits, args.split, classes)
-    split_csv = Path(args.out) / SPLIT_CSV
     if args.layout == "csv":
         rows, rejected = read_csv_rows(args.csv, args.videos, args.csv_columns, args.split_words, args.segment_s)
         return list_rows(rows, rejected, classes, args.csv)
+    split_csv = Path(args.out) / SPLIT_CSV
     if split_csv.is_file():
         logging.getLogger(PROG).info(f"the split of {split_csv} (delete it to draw a new one)")
         rows, rejected = read_csv_rows(split_csv, args.videos, HEADER)
