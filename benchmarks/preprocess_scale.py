@@ -9,7 +9,8 @@ spec check, and then the resume of a half-finished output (the last half of the 
         [--cores-per-node 32] [--efficiency 0.78] [--json OUT.json] [--workdir DIR]
 
 Each measurement runs in a fresh process (its peak RSS is the driver's peak memory). "driver s" is the wall
-time of run() less the stubbed tasks' fixed cost. The input (CSV and N empty video files) is made once per N.
+time of run() less the stubbed tasks' fixed cost, "CPU s" the driver process's CPU time (user + system), which
+does not grow when other work shares the machine. The input (CSV and N empty video files) is made once per N.
 With --ray-rows, the same is done with the tasks on a real local Ray (--ray-cpus logical CPUs), the decode
 stubbed in the task: Ray's own cost per video (hpc.preprocess batches a few videos per task), which the stub
 runner leaves out. Medians of --repeats; a table, and JSON.
@@ -118,17 +119,24 @@ def measure(csv_path: Path, out: Path, phase: str, task_s: float, ray_cpus: int)
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
         result = run(cfg, session=None if ray_cpus else no_ray, tasks=counted)
-        wall = time.perf_counter() - t
+        wall, cpu = time.perf_counter() - t, cpu_seconds(resource.RUSAGE_SELF) - cpu
     summary = result["summary"]
     tasks = submitted[0] if submitted else 0
-    return {"phase": phase, "wall_s": wall, "driver_s": wall - (0 if ray_cpus else tasks * task_s), "tasks": tasks,
+    stubbed = 0 if ray_cpus else tasks * task_s  # the fixed cost of the stubbed decodes, not the driver's
+    return {"phase": phase, "wall_s": wall, "driver_s": wall - stubbed, "driver_cpu_s": cpu - stubbed, "tasks": tasks,
             "shards_kept": summary["shards_kept"], "shards_written": summary["shards_written"],
             "rows_rejected": summary["rows_rejected"], "videos": tasks + summary["videos_reused"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "start_rss_mb": rss_before / 1024, "ray_start_s": summary["seconds"]["start ray"],
             "seconds": summary["seconds"]}
+
+
+def cpu_seconds(who: int) -> float:
+    """User + system CPU seconds of this process (RUSAGE_SELF) or of its finished children (RUSAGE_CHILDREN)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def child(csv_path: Path, out: Path, phase: str, task_s: float, ray_cpus: int) -> dict:
@@ -154,6 +162,7 @@ def bench(workdir: Path, rows: int, repeats: int, task_s: float, ray_cpus: int) 
     return {"rows": rows, "ray": bool(ray_cpus), "repeats": repeats, "task_ms": task_s * 1000,
             "videos": fresh["videos"], "rows_rejected": fresh["rows_rejected"],
             "shards": fresh["shards_written"], "fresh_driver_s": med("fresh", "driver_s"),
+            "fresh_driver_cpu_s": med("fresh", "driver_cpu_s"), "resume_driver_cpu_s": med("resume", "driver_cpu_s"),
             "fresh_peak_mb": med("fresh", "peak_rss_mb"), "resume_driver_s": med("resume", "driver_s"),
             "resume_peak_mb": med("resume", "peak_rss_mb"), "start_rss_mb": med("fresh", "start_rss_mb"),
             "ray_start_s": med("fresh", "ray_start_s"),
@@ -162,7 +171,8 @@ def bench(workdir: Path, rows: int, repeats: int, task_s: float, ray_cpus: int) 
 
 
 def decode_seconds(folder: Path, count: int) -> list[float]:
-    """Seconds of decode_clips on each of `count` generated 10 s 640x360 H.264 + AAC MP4s."""
+    """CPU seconds (this process and its ffmpeg) of decode_clips on each of `count` generated 10 s 640x360
+    H.264 + AAC MP4s: what a core spends on a video, however busy the machine is."""
     folder.mkdir(parents=True, exist_ok=True)
     times = []
     for i in range(count):
@@ -173,9 +183,9 @@ def decode_seconds(folder: Path, count: int) -> list[float]:
                             "-f", "lavfi", "-i", f"sine=f={300 + 40 * i}:d=10",
                             "-c:v", "libx264", "-preset", "fast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
                             str(path)], check=True)  # fmt: skip
-        t = time.perf_counter()
+        before = cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN)
         decode_clips(path)
-        times.append(time.perf_counter() - t)
+        times.append(cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN) - before)
     return times
 
 
@@ -190,15 +200,16 @@ def estimate(per_video_s: float, driver_s_per_row: float, ray_s_per_video: float
 
 
 def print_table(results: list[dict]) -> None:
-    head = ("rows", "runner", "videos", "rejected", "shards", "driver s", "peak MB", "resume s", "resume MB",
-            "resume: kept / tasks", "µs/row")
+    head = ("rows", "runner", "videos", "rejected", "shards", "driver s (CPU s)", "peak MB", "resume s (CPU s)",
+            "resume MB", "resume: shards kept / videos decoded", "CPU µs/row")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in results:
         print(f"| {r['rows']:,} | {'Ray' if r['ray'] else 'stub'} | {r['videos']:,} | {r['rows_rejected']} "
-              f"| {r['shards']} | {r['fresh_driver_s']:.2f} | {r['fresh_peak_mb']:.0f} | {r['resume_driver_s']:.2f} "
-              f"| {r['resume_peak_mb']:.0f} | {r['resume_shards_kept']} / {r['resume_tasks']:,} "
-              f"| {1e6 * r['fresh_driver_s'] / r['rows']:.0f} |")
+              f"| {r['shards']} | {r['fresh_driver_s']:.2f} ({r['fresh_driver_cpu_s']:.2f}) | {r['fresh_peak_mb']:.0f} "
+              f"| {r['resume_driver_s']:.2f} ({r['resume_driver_cpu_s']:.2f}) | {r['resume_peak_mb']:.0f} "
+              f"| {r['resume_shards_kept']} / {r['resume_tasks']:,} "
+              f"| {1e6 * r['fresh_driver_cpu_s'] / r['rows']:.0f} |")
 
 
 def main() -> int:
@@ -233,24 +244,24 @@ def main() -> int:
             repeats = args.ray_repeats if ray_cpus else args.repeats
             results.append(bench(workdir, rows, repeats, args.task_ms / 1000, ray_cpus))
             print(f"{rows} rows ({'Ray' if ray_cpus else 'stub'}): driver {results[-1]['fresh_driver_s']:.2f} s, "
+                  f"{results[-1]['fresh_driver_cpu_s']:.2f} CPU s, "
                   f"peak {results[-1]['fresh_peak_mb']:.0f} MB", file=sys.stderr)
         decode = decode_seconds(workdir / "decode", args.decode_videos) if args.decode_videos else []
     print_table(results)
     report: dict = {"results": results}
     if decode:
         per_video = statistics.median(decode)
-        stub = {r["rows"]: r["fresh_driver_s"] / r["rows"] for r in results if not r["ray"]}
+        # CPU seconds: what the driver spends, whatever else the machine runs (on a cluster it has its own core)
+        stub = {r["rows"]: r["fresh_driver_cpu_s"] / r["rows"] for r in results if not r["ray"]}
         per_row = stub[max(stub)] if stub else 0.0
         ray = [r for r in results if r["ray"] and r["rows"] in stub]  # Ray's cost per video beyond the stub runner's
-        per_video_ray = max(((r["fresh_driver_s"] - r["ray_start_s"]) / r["rows"] - stub[r["rows"]] for r in ray),
-                       default=0.0)
+        per_video_ray = max((r["fresh_driver_cpu_s"] / r["rows"] - stub[r["rows"]] for r in ray), default=0.0)
         costs = estimate(per_video, per_row, per_video_ray, args.estimate_rows, args.cores_per_node, args.efficiency,
                          [1, 4, 16, 64])
-        print(f"\ndecode_clips on a 10 s 640x360 H.264 MP4: {per_video:.2f} s per video (median of {len(decode)}, "
-              f"one process); {args.estimate_rows:,} videos at {args.efficiency:.0%} efficiency, "
-              f"{args.cores_per_node} cores per node, no faster than Ray's {1e3 * per_video_ray:.2f} ms per video, "
-              f"plus "
-              f"the driver's {1e6 * per_row:.0f} µs per row:")
+        print(f"\ndecode_clips on a 10 s 640x360 H.264 MP4: {per_video:.2f} CPU s per video (median of {len(decode)});"
+              f" {args.estimate_rows:,} videos at {args.efficiency:.0%} efficiency, {args.cores_per_node} cores per "
+              f"node, no faster than the driver's Ray cost of {1e3 * per_video_ray:.2f} CPU ms per video, plus its "
+              f"{1e6 * per_row:.0f} CPU µs per row of bookkeeping:")
         print("| nodes | cores | hours |\n|---|---|---|")
         for c in costs:
             print(f"| {c['nodes']} | {c['cores']} | {c['hours']:.2f} |")
