@@ -515,3 +515,14 @@ def test_retrieval_baseline_scores_like_real_frames_and_is_caught_copying(data, 
     real = real_results["overall"]
     assert real["nearest_train_distance_real"] > 1.0
     assert 0.8 <= real["nearest_train_ratio"] <= 1.25  # fresh frames: as far as the real test frames
+
+
+def test_attributes_join_on_the_video_file_name_whatever_the_layout_calls_it(tmp_path):
+    from his.eval.stage import _attribute_columns
+
+    path = tmp_path / "attributes.json"
+    path.write_text(json.dumps({"clips": [{"video": "folders/playing cello/v_PlayingCello_g01_c01.avi", "loudness": 0.25},
+                                          {"video": "UCF-101/PlayingDhol/v_PlayingDhol_g02_c01.avi", "loudness": 0.75}]}))
+    ids = np.array(["playing cello/v_PlayingCello_g01_c01", "v_PlayingDhol_g02_c01"])  # folders-style, UCF-style
+    assert _attribute_columns(path, ids, ["loudness"])["loudness"].tolist() == [0.25, 0.75]
+    assert _attribute_columns(path, np.array(["v_PlayingSitar_g01_c01"]), ["loudness"]) is None

@@ -77,12 +77,14 @@ def _find_attributes(cfg: EvalConfig, index: Path, sources: np.ndarray) -> Path 
 
 
 def _attribute_columns(path: Path, video_ids: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
-    """Per-row values of each named clip attribute, joined on the video's name; None if a row has none."""
+    """Per-row values of each named clip attribute, joined on the video's file name (a folders layout's ids are
+    "class/name"); None if a row has none."""
     records = {Path(r["video"]).stem: r for r in json.loads(path.read_text())["clips"]}
-    if not all(v in records for v in video_ids):
+    stems = [Path(str(v)).stem for v in video_ids]
+    if not all(v in records for v in stems):
         return None
-    present = [name for name in names if name in records[video_ids[0]]]
-    return {name: np.array([float(records[v][name]) for v in video_ids]) for name in present}
+    present = [name for name in names if name in records[stems[0]]]
+    return {name: np.array([float(records[v][name]) for v in stems]) for name in present}
 
 
 def load_eval_data(train_cfg: TrainConfig, cfg: EvalConfig) -> EvalData:
