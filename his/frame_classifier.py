@@ -19,7 +19,7 @@ from torch import nn
 
 from his.augment import diff_augment
 from his.frames import to_images
-from his.io import atomic_path
+from his.io import save_torch
 
 # Bump when FrameNet or the training recipe changes, so old cache files are not reused.
 NET_VERSION = 1
@@ -152,8 +152,7 @@ def _load_or_fit(
     net = _fit(frames, targets, n_outputs, loss_fn, training, keep_position, device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(net.state_dict(), tmp)
+        save_torch(net.state_dict(), path)
     return net, path
 
 

@@ -1,12 +1,16 @@
 """Files and directories: atomic writes (a temporary name in the same directory, renamed into place), one
 writer per output directory (`exclusive_dir`), and InputError, the one-line failure of a path that cannot be
-used."""
+used.
+
+A write that fails (a full disk, a quota) raises OSError naming the file it was writing, and leaves neither
+the temporary file nor any change to the file of that name: what was there before stays."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -28,12 +32,17 @@ class InputError(Exception):
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed. An OSError
+    that names no file (a write into a full disk) is raised again naming `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or e.filename == str(tmp):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -42,6 +51,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """`data` as the file `path`, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save(obj) as the file `path`, atomically. Serialised in memory first: torch.save into a full disk
+    fails with a RuntimeError that names neither the file nor the reason."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def os_error_line(e: OSError) -> str:
@@ -106,8 +131,12 @@ def _lock(lock: Path, path: Path, what: str) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, (json.dumps(_holder(what)) + "\n").encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, (json.dumps(_holder(what)) + "\n").encode())
+            except OSError as e:  # a full disk: say which file
+                os.close(fd)
+                raise OSError(e.errno, e.strerror, str(lock)) from None
             return fd
         os.close(fd)
 

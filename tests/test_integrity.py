@@ -100,6 +100,54 @@ def test_bytes_changed_in_the_middle_pass_the_size_check_and_fail_verify_full(cl
     assert out.stdout.count(f"{shard}: sha256 differs") == 2  # through the index, and the shard on its own
 
 
+def change_chunk_bytes(shard: Path, dataset: str, row: int, n: int = 5000) -> None:
+    """Overwrite `n` bytes inside the chunk of `row` of `dataset` (one row a chunk); the file keeps its size."""
+    with h5py.File(shard) as f:
+        ds = f[dataset]
+        chunk = ds.id.get_chunk_info_by_coord((row,) + (0,) * (ds.ndim - 1))
+    assert chunk.size > n
+    with open(shard, "r+b") as f:
+        f.seek(chunk.byte_offset + 100)
+        f.write(np.full(n, 7, np.uint8).tobytes())
+
+
+def test_bytes_changed_in_a_frame_chunk_are_caught_on_every_read_by_default(clips, tmp_path, monkeypatch):
+    monkeypatch.delenv("HIS_VERIFY", raising=False)
+    damaged = copy_set(clips, tmp_path / "clips")
+    shard = damaged / "shards" / "clips-00001.h5"
+    size = shard.stat().st_size
+    change_chunk_bytes(shard, "frame64", 2)
+    assert shard.stat().st_size == size and source_problems(damaged / "index.h5") == []
+    expected = f"{shard}: dataset frame64 rows 2 fail their checksum"
+    with pytest.raises(InputError, match=expected):
+        run(tiny(damaged, tmp_path / "run"))
+    with pytest.raises(InputError, match=expected):
+        load_split(damaged / "index.h5", "train", ["frame64"])
+    assert load_split(damaged / "index.h5", "train", ["label"])["label"].size  # other datasets still read
+    assert check_file(shard) == []  # the format conforms: the damage is in the data
+
+
+def test_a_shard_written_before_checksums_reads_with_one_warning(clips, tmp_path, caplog):
+    """An older shard (no fletcher32 filter) still reads, and says once that changed bytes go uncaught."""
+    from his.data.shards import write_manifest
+
+    old = copy_set(clips, tmp_path / "clips")
+    shard = old / "shards" / "clips-00000.h5"
+    with h5py.File(clips / "shards" / "clips-00000.h5") as src, h5py.File(shard, "w") as dst:
+        dst.attrs.update(src.attrs)
+        for name, ds in src.items():
+            dst.create_dataset(name, data=ds[()], dtype=ds.dtype, chunks=ds.chunks)
+    assert not h5py.File(shard)["frame64"].fletcher32
+    write_manifest(old / "manifest.json", "clips", sorted((old / "shards").glob("clips-*.h5")), {})
+    with caplog.at_level("WARNING", logger="his.data.dataset"):
+        first = load_split(old / "index.h5", None, ["frame64"])["frame64"]
+        load_split(old / "index.h5", None, ["label"])
+    assert np.array_equal(first, load_split(clips / "index.h5", None, ["frame64"])["frame64"])
+    warned = [r.getMessage() for r in caplog.records if "without per-chunk checksums" in r.getMessage()]
+    assert len(warned) == 1 and str(shard.resolve()) in warned[0] and "audio, frame64, frame88" in warned[0]
+    assert any("has checksum none, spec says fletcher32" in p for p in check_file(shard))
+
+
 def test_an_index_without_its_manifest_or_with_an_unlisted_shard_is_refused(clips, tmp_path):
     damaged = copy_set(clips, tmp_path / "clips")
     manifest = damaged / "manifest.json"

@@ -36,8 +36,8 @@ from his.audio.soundnet import SoundNet8, cache_dir, load_pretrained, pretrained
 from his.config import ConfigError, stage_main
 from his.data.dataset import load_features, load_split, open_set, read_classes
 from his.data.manifest import MANIFEST, source_problems
-from his.data.shards import build_index, code_version, now_utc, sha256_file, write_manifest
-from his.data.spec import decode_attr, encode_attr, kind_spec
+from his.data.shards import build_index, code_version, new_hdf5, now_utc, sha256_file, write_manifest
+from his.data.spec import decode_attr, encode_attr, kind_spec, storage_options
 from his.distributed import choose_device
 from his.io import atomic_path, exclusive_dir
 
@@ -167,7 +167,7 @@ def extract_batch(model: SoundNet8, audio: np.ndarray, layer: str) -> np.ndarray
 
 def extract_shard(model: SoundNet8, layer: str, job: ShardJob, batch_size: int) -> int:
     """Raw features of one clip shard, read in batches, saved atomically to job.raw_path; returns the rows."""
-    with h5py.File(job.clip_shard, "r") as f:
+    with open_set(job.clip_shard, "clips") as f:  # a damaged chunk: one line naming the shard and rows
         audio = f["audio"]
         features = np.concatenate([extract_batch(model, audio[i : i + batch_size], layer)
                                    for i in range(0, len(audio), batch_size)])
@@ -199,15 +199,13 @@ def train_statistics(raw: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np
 
 def write_feature_shard(path: Path, feature: np.ndarray, attrs: dict) -> None:
     """One feature shard, atomically, laid out as datasets.h5.spec says. (his.data.shards.write_shard cannot
-    resolve the spec's free dimension "D" in the chunk shape, hence this writer.)"""
+    resolve the spec's free dimension "D" in the shape of an empty shard, hence this writer.)"""
     spec = kind_spec("features")
-    entry = spec["datasets"]["feature"]
-    chunks = tuple(feature.shape[1] if d == "D" else d for d in entry["chunks"]) if len(feature) else None
     values = {"spec_version": spec["attrs"]["spec_version"]["value"], "kind": "features", "role": "shard", **attrs}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with new_hdf5(path) as f:
         for name, value in values.items():
             f.attrs[name] = encode_attr(value, spec["attrs"][name]["type"])
-        f.create_dataset("feature", data=feature.astype(entry["dtype"]), chunks=chunks)
+        f.create_dataset("feature", data=feature, **storage_options("features", "feature", attrs, feature.shape))
 
 
 def write_features(features_dir: Path, clip_shards: list[tuple[str | os.PathLike, int]], raw: np.ndarray,
@@ -228,10 +226,7 @@ def write_features(features_dir: Path, clip_shards: list[tuple[str | os.PathLike
         shard_paths.append(path)
         row += rows
     index = features_dir / "index.h5"
-    build_index(index, shard_paths, "features")
-    with h5py.File(index, "a") as f:
-        f.create_dataset("mean", data=mean)
-        f.create_dataset("std", data=std)
+    build_index(index, shard_paths, "features", {"mean": mean, "std": std})
     write_manifest(features_dir / MANIFEST, "features", shard_paths,
                    {"layer": attrs["layer"], "checkpoint_sha256": attrs["checkpoint_sha256"]})
     return index

@@ -33,7 +33,7 @@ from his.audio.soundnet import LAYERS, SoundNet8, layer_channels, load_pretraine
 from his.data.dataset import load_split, read_classes, validation_mask
 from his.config import ConfigError, config_to_dict, save_config, stage_main
 from his.distributed import is_main_rank, setup_distributed
-from his.io import atomic_path, exclusive_dir, write_json
+from his.io import exclusive_dir, save_torch, write_json
 
 log = logging.getLogger("his.audio.finetune")  # not __name__, which is "__main__" under python -m
 
@@ -121,8 +121,7 @@ def save_checkpoint(path: Path, model: SoundNetClassifier, cfg: FinetuneConfig, 
     state = {"soundnet": model.soundnet.state_dict(), "head": model.head.state_dict(),
              "feature_mean": model.feature_mean, "feature_std": model.feature_std, "layer": model.layer,
              "classes": list(classes), "config": config_to_dict(cfg), "metrics": metrics}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SoundNetClassifier, dict]:

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from his.constants import SAMPLE_RATE
-from his.io import atomic_path
+from his.io import save_torch
 
 INPUT_SCALE = 256.0
 PREDICT_SAMPLES = 20 * SAMPLE_RATE  # the heads were trained on 20 s inputs
@@ -181,8 +181,7 @@ def pretrained_state_dict() -> dict[str, torch.Tensor]:
     if not path.is_file():
         state = convert_sound8(load_sound8_arrays())
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_torch(state, path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -3,13 +3,17 @@
 The index (OUT/index.h5) holds HDF5 virtual datasets over the shards, so readers never need to know how the
 clips were sharded. Every reader opens a set through `open_set`, which first checks the shards against the
 set's manifest (his.data.manifest: size, and sha256 with HIS_VERIFY=full): a virtual dataset would read a
-missing shard as zeros. h5py handles are not fork-safe: ClipDataset opens the file lazily in each process.
+missing shard as zeros. Every read of a row checks its chunk's fletcher32 checksum (datasets.h5.spec): a
+failed one is InputError naming the shard, dataset and rows. A shard written before checksums were added is
+read with one warning. h5py handles are not fork-safe: ClipDataset opens the file lazily in each process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -17,8 +21,11 @@ import h5py
 import numpy as np
 import torch
 
-from his.data.manifest import hdf5_reason, verify_set
+from his.data.manifest import hdf5_reason, verify_set, virtual_sources
+from his.data.spec import missing_checksums
 from his.io import InputError
+
+log = logging.getLogger(__name__)
 
 SPLITS = {"train": 0, "test": 1}
 
@@ -37,11 +44,70 @@ def open_set(path: str | os.PathLike, kind: str | None = None) -> Iterator[h5py.
             have = have.decode() if isinstance(have, bytes) else str(have)
             if kind is not None and have != kind:
                 raise InputError(f"{path}: not a {kind} set (its kind attr is {have!r})")
+            _warn_unchecksummed(path, f)
             yield f
     except OSError as e:
-        raise InputError(f"{path}: cannot read as HDF5 ({hdf5_reason(e)})") from None
+        raise read_error(path, e) from None
     except KeyError as e:  # a dataset or attr the reader needs is not there
         raise InputError(f"{path}: {hdf5_reason(e)}") from None
+
+
+def _files_behind(path: str | os.PathLike, f: h5py.File) -> list[Path]:
+    """The shards behind the index `f` at `path`, or the file itself when it is a shard."""
+    sources = virtual_sources(path) if any(isinstance(d, h5py.Dataset) and d.is_virtual for d in f.values()) else []
+    return [Path(path).parent / s for s in sources] or [Path(path)]
+
+
+def _warn_unchecksummed(path: str | os.PathLike, f: h5py.File) -> None:
+    for shard in _files_behind(path, f):
+        st = shard.stat()
+        _warn_once_unchecksummed(str(shard.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _warn_once_unchecksummed(shard: str, size: int, mtime_ns: int) -> None:
+    with h5py.File(shard, "r") as f:
+        missing = missing_checksums(f)
+    if missing:
+        log.warning(f"{shard}: written without per-chunk checksums ({', '.join(missing)}): changed bytes in it "
+                    "are not caught on read; rerun the stage that wrote it, or read with HIS_VERIFY=full")
+
+
+def failing_chunks(path: str | os.PathLike) -> list[str]:
+    """Every dataset of the shards behind `path` (or of `path` itself) with chunks that fail to read (their
+    fletcher32 checksum, or a damaged chunk index), one line each naming the shard, dataset and rows."""
+    problems = []
+    with h5py.File(path, "r") as f:
+        files = _files_behind(path, f)
+    for shard in files:
+        with h5py.File(shard, "r") as g:
+            for name, ds in g.items():
+                if not isinstance(ds, h5py.Dataset) or ds.chunks is None or ds.is_virtual:
+                    continue
+                rows = []
+                for chunk in ds.iter_chunks():
+                    try:
+                        ds[chunk]
+                    except OSError:
+                        rows.append(f"{chunk[0].start}-{chunk[0].stop - 1}" if chunk[0].stop - chunk[0].start > 1
+                                    else str(chunk[0].start))
+                if rows:
+                    problems.append(f"{shard}: dataset {name} rows {', '.join(rows)} fail their checksum (changed "
+                                    "since written; rerun the stage that wrote it)")
+    return problems
+
+
+def read_error(path: str | os.PathLike, e: OSError) -> InputError:
+    """InputError for a read of the set at `path` that failed with `e`: the damaged shard, dataset and rows
+    when a chunk fails its checksum, else the file and HDF5's reason."""
+    try:
+        damaged = failing_chunks(path)
+    except OSError:
+        damaged = []
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        return InputError(damaged[0] + more)
+    return InputError(f"{path}: cannot read as HDF5 ({hdf5_reason(e)})")
 
 
 def _split_rows(f: h5py.File, split: str | None) -> np.ndarray:
@@ -145,9 +211,12 @@ class ClipDataset(torch.utils.data.Dataset):
             f = self._open()
             row = int(self.rows[i])
             values = {}
-            for name in self.fields:
-                ds = f[name]
-                values[name] = ds.asstr()[row] if h5py.check_string_dtype(ds.dtype) else ds[row]
+            try:
+                for name in self.fields:
+                    ds = f[name]
+                    values[name] = ds.asstr()[row] if h5py.check_string_dtype(ds.dtype) else ds[row]
+            except OSError as e:
+                raise read_error(self.index_path, e) from None
         return {k: v if isinstance(v, str) else torch.as_tensor(np.asarray(v)) for k, v in values.items()}
 
     def __getstate__(self) -> dict:

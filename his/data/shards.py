@@ -7,12 +7,14 @@ of one video, and a shard of videos), which hpc.preprocess drives with Ray.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -20,7 +22,7 @@ import numpy as np
 import his
 from his.data.manifest import manifest_entry, sha256_file  # noqa: F401 (sha256_file: re-exported)
 from his.data.spec import dataset_shape, decode_attr, encode_attr, kind_spec, storage_options
-from his.io import atomic_path, write_json
+from his.io import write_bytes, write_json
 
 if TYPE_CHECKING:
     from his.media import VideoClips
@@ -70,15 +72,25 @@ def write_shard(path: str | os.PathLike, kind: str, columns: dict[str, np.ndarra
     rows = {len(c) for c in columns.values()}
     if len(rows) != 1:
         raise ValueError(f"columns have different row counts: { {n: len(c) for n, c in columns.items()} }")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _write_attrs(f, kind, "shard", attrs)
-            for name in names:
-                options = storage_options(kind, name, attrs, np.shape(columns[name]))
-                data = columns[name]
-                if h5py.check_string_dtype(options["dtype"]):
-                    data = np.asarray(data, dtype=object)
-                f.create_dataset(name, data=data, **options)
+    with new_hdf5(path) as f:
+        _write_attrs(f, kind, "shard", attrs)
+        for name in names:
+            options = storage_options(kind, name, attrs, np.shape(columns[name]))
+            data = columns[name]
+            if h5py.check_string_dtype(options["dtype"]):
+                data = np.asarray(data, dtype=object)
+            f.create_dataset(name, data=data, **options)
+
+
+@contextlib.contextmanager
+def new_hdf5(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """A new HDF5 file to fill, built in memory and written to `path` in one atomic write once complete. The
+    HDF5 library itself never writes to disk: into a full disk it crashes (a segmentation fault in close
+    after a failed write), where a plain write fails with OSError naming `path` and leaves nothing behind."""
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        yield f
+    write_bytes(path, image.getbuffer())
 
 
 def _shard_datasets(kind: str) -> list[str]:
@@ -150,9 +162,11 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
         return {k: decode_attr(v, types[k]["type"]) if k in types else v for k, v in f.attrs.items()}
 
 
-def build_index(index_path: str | os.PathLike, shard_paths: Sequence[str | os.PathLike], kind: str) -> int:
+def build_index(index_path: str | os.PathLike, shard_paths: Sequence[str | os.PathLike], kind: str,
+                index_datasets: dict[str, np.ndarray] | None = None) -> int:
     """Write `index_path`: one virtual dataset per row dataset of the spec, the shards' rows in the given
-    order, source paths relative to the index's directory (so the whole output folder can be moved).
+    order, source paths relative to the index's directory (so the whole output folder can be moved), and
+    `index_datasets` (the spec's index-only datasets: the features' mean and std) as they are.
     File attrs are those of the first shard, less the per-shard ones. Returns the number of rows.
     """
     index_path = Path(index_path)
@@ -172,22 +186,23 @@ def build_index(index_path: str | os.PathLike, shard_paths: Sequence[str | os.Pa
             if not attrs:
                 attrs = {k: v for k, v in f.attrs.items() if "index" in attrs_spec.get(k, {}).get("roles", ("index",))}
     total = sum(counts)
-    with atomic_path(index_path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            f.attrs["role"] = "index"
-            if "created" in attrs_spec:
-                f.attrs["created"] = now_utc()
-            for name in shapes:
-                layout = h5py.VirtualLayout(shape=(total, *shapes[name]), dtype=dtypes[name])
-                row = 0
-                for shard, n in zip(shard_paths, counts):
-                    if n:
-                        source = os.path.relpath(shard, index_path.parent)
-                        layout[row : row + n] = h5py.VirtualSource(source, name, shape=(n, *shapes[name]))
-                    row += n
-                f.create_virtual_dataset(name, layout)
+    with new_hdf5(index_path) as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["role"] = "index"
+        if "created" in attrs_spec:
+            f.attrs["created"] = now_utc()
+        for name in shapes:
+            layout = h5py.VirtualLayout(shape=(total, *shapes[name]), dtype=dtypes[name])
+            row = 0
+            for shard, n in zip(shard_paths, counts):
+                if n:
+                    source = os.path.relpath(shard, index_path.parent)
+                    layout[row : row + n] = h5py.VirtualSource(source, name, shape=(n, *shapes[name]))
+                row += n
+            f.create_virtual_dataset(name, layout)
+        for name, data in (index_datasets or {}).items():
+            f.create_dataset(name, data=data)
     return total
 
 

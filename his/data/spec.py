@@ -79,12 +79,14 @@ def dataset_shape(kind: str, name: str, attrs: dict, rows: int) -> tuple[int, ..
 
 
 def storage_options(kind: str, name: str, attrs: dict, shape: tuple) -> dict:
-    """h5py create_dataset keyword arguments (dtype, chunks, compression) for dataset `name` of a shard."""
+    """h5py create_dataset keyword arguments (dtype, chunks, compression, checksum) for dataset `name` of a
+    shard."""
     entry = kind_spec(kind)["datasets"][name]
     dtype = h5py.string_dtype() if entry["dtype"] == "str" else np.dtype(entry["dtype"])
     options: dict[str, Any] = {"dtype": dtype}
     if entry["chunks"] != "contiguous" and shape[0] > 0:
         options["chunks"] = _chunk_shape(entry["chunks"], attrs, shape)
+        options["fletcher32"] = entry.get("checksum") == "fletcher32"
     compression = entry["compression"]
     if compression.startswith("gzip"):
         options["compression"] = "gzip"
@@ -276,7 +278,24 @@ def _check_layout(where: str, ds: h5py.Dataset, entry: dict, int_attrs: dict) ->
         have = f"gzip-{ds.compression_opts}"
     if have != entry["compression"]:
         problems.append(f"{where} has compression {have}, spec says {entry['compression']}")
+    if _checksum(ds) != entry.get("checksum"):
+        problems.append(f"{where} has checksum {_checksum(ds) or 'none'}, spec says {entry.get('checksum', 'none')}")
     return problems
+
+
+def _checksum(ds: h5py.Dataset) -> str | None:
+    return "fletcher32" if ds.fletcher32 else None
+
+
+def missing_checksums(f: h5py.File) -> list[str]:
+    """The datasets of shard `f` that hold rows but not the per-chunk checksum the spec gives them (a file
+    written before checksums were added); [] for an index or a file of no known kind."""
+    kind = decode_attr(f.attrs.get("kind", ""), "str")
+    if kind not in load_spec()["kinds"]:
+        return []
+    return [name for name, entry in kind_spec(kind)["datasets"].items()
+            if entry.get("checksum") and name in f and not f[name].is_virtual and f[name].size
+            and _checksum(f[name]) != entry["checksum"]]
 
 
 def main(argv: list[str] | None = None) -> int:

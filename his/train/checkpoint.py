@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from his.distributed import is_main_rank
-from his.io import atomic_path, exclusive_dir
+from his.io import exclusive_dir, save_torch
 
 BEST = "best.pt"
 
@@ -60,8 +60,7 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{step:08d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
     # Rotation counts only checkpoints up to this step: the one just written always stays, and so do the
     # `keep - 1` before it, whatever a later-numbered file (say, one a resume could not read) holds.
     for old in [p for p in sorted(ckpt_dir.glob("step-*.pt")) if p.name <= path.name][:-keep]:
@@ -81,8 +80,7 @@ def save_best(run_dir: Path, payload: dict[str, Any]) -> Path:
     """checkpoints/best.pt: the state with the best validation accuracy so far (kept apart from the rotation)."""
     path = run_dir / "checkpoints" / BEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
     return path
 
 
