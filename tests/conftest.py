@@ -37,6 +37,47 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+class SmallDisk:
+    """A filesystem of its own, small enough to fill: a tmpfs mounted on a fresh directory (root only)."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.mounts: list = []
+
+    def __call__(self, name: str, size_kb: int):
+        path = self.root / name
+        path.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("a small tmpfs needs root (mount -t tmpfs)")
+        self.mounts.append(path)
+        return path
+
+    @staticmethod
+    def resize(path, size_kb: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size_kb}k", str(path)], check=True)
+
+    @staticmethod
+    def fill(path, leave_kb: int):
+        """A file taking all but about `leave_kb` KB of the filesystem at `path`."""
+        free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+        filler = path / "filler"
+        filler.write_bytes(bytes(max(0, free - leave_kb * 1024)))
+        return filler
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.mounts):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(name, size_kb): a tmpfs of that size at tmp_path/name, unmounted after the test."""
+    disks = SmallDisk(tmp_path)
+    yield disks
+    disks.unmount_all()
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_data(tmp_path_factory):
     """A tiny generated data set run through the real front half of the pipeline: his.synth (3 classes x 4

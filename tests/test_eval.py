@@ -526,3 +526,25 @@ def test_attributes_join_on_the_video_file_name_whatever_the_layout_calls_it(tmp
     ids = np.array(["playing cello/v_PlayingCello_g01_c01", "v_PlayingDhol_g02_c01"])  # folders-style, UCF-style
     assert _attribute_columns(path, ids, ["loudness"])["loudness"].tolist() == [0.25, 0.75]
     assert _attribute_columns(path, np.array(["v_PlayingSitar_g01_c01"]), ["loudness"]) is None
+
+
+def test_evaluation_outputs_that_do_not_fit_are_one_line_and_the_earlier_results_stay(data, datasets, tmp_path,
+                                                                                       small_disk, capsys):
+    from his.eval.stage import main
+    from his.train import TrainConfig, run
+
+    clips, features = write_run_inputs(datasets, tmp_path, data)
+    disk = small_disk("disk", 4096)
+    run_dir = disk / "run"
+    run(TrainConfig(clips=clips, features=features, cond_dim=N_CLASSES + 2, out=str(run_dir), ngf=8, ndf=8,
+                    proj_dim=8, z_dim=8, batch_size=16, max_steps=2, n_critic=1, warmup_gen_steps=0))
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "results.json").write_text('{"earlier": true}\n')
+    small_disk.fill(disk, 8)
+    capsys.readouterr()
+    assert main([str(run_dir), "k=4", "classifier_steps=60", "regressor_steps=60"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"his.eval: {run_dir}/") and \
+        err.endswith(": No space left on device"), err
+    assert (run_dir / "eval" / "results.json").read_text() == '{"earlier": true}\n'
+    assert not list(disk.rglob(".*.tmp"))

@@ -6,8 +6,11 @@ same trials with more kills)."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +27,7 @@ import his.data.spec
 import his.eval.stage
 import hpc.features
 import hpc.preprocess
-from benchmarks.faults import REPO, preprocess_trial, train_trial, tree_digest
+from benchmarks.faults import REPO, clip_sets_equal, preprocess_trial, train_trial, tree_digest
 from his.audio.features import checkpoint_identity, features_dir_for
 from his.io import InputError, exclusive_dir
 from his.train.__main__ import main as train_main
@@ -265,3 +268,78 @@ def test_training_killed_at_random_points_then_rerun_equals_a_clean_run(ws, tmp_
     trial = train_trial(tmp_path, ws.clips, ws.feats, kills=2, rng=random.Random(12), overrides=overrides)
     assert trial.lost == 0 and any(trial.mid_run), trial
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------- a full disk
+
+
+def no_space_line(err: str, disk: Path) -> str:
+    """The one line of a command that ran out of space under `disk` (no traceback, no crash)."""
+    assert "Traceback" not in err and "Segmentation" not in err, err[-3000:]
+    lines = [line for line in err.strip().splitlines() if "No space left on device" in line]
+    assert len(lines) == 1 and f"{disk}/" in lines[0], err[-3000:]
+    return lines[0]
+
+
+def test_preprocess_into_a_full_disk_is_one_line_keeps_what_it_wrote_and_a_rerun_with_space_completes(
+        ws, small_disk):
+    """Real ffmpeg, Ray and HDF5 writing into a tmpfs that holds two of the four shards."""
+    disk = small_disk("disk", 700)
+    out = disk / "clips"
+    cmd = [sys.executable, "-m", "hpc.preprocess", *preprocess_args(ws, out=out)]
+    full = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 2, full.stderr[-3000:]
+    line = no_space_line(full.stderr, disk)
+    assert line.startswith("hpc.preprocess: ") and "/shards/clips-0000" in line
+    assert not list(disk.rglob(".*.tmp"))
+    listed = json.loads((out / "manifest.json").read_text())["shards"]
+    assert listed and all(hpc.preprocess.entry_problem(out / s["name"], s, True, "manifest") is None for s in listed)
+    kept = {s["name"]: (out / s["name"]).read_bytes() for s in listed}
+    small_disk.resize(disk, 4096)
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert re.search(rf"shards written / kept +{4 - len(kept)} / {len(kept)}\n", rerun.stdout), rerun.stdout
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
+    assert clip_sets_equal(out, copy_set(out, disk / "copy")) and his.data.spec.check_file(out / "index.h5") == []
+
+
+@pytest.mark.parametrize("stage,size_kb", [("his.train", 600), ("his.data.images", 40)])
+def test_a_stage_writing_into_a_full_disk_is_one_line_and_leaves_no_temporary(ws, small_disk, stage, size_kb):
+    """his.train runs out of space at its first checkpoint (1.6 MB; its config, samples and TensorBoard fit),
+    the image ingest at its first shard."""
+    disk = small_disk("disk", size_kb)
+    argv = (train_args(ws, out=disk / "run") if stage == "his.train" else
+            ["--src", str(ws.root / "images-src"), "--out", str(disk / "images")])
+    proc = subprocess.run([sys.executable, "-m", stage, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = no_space_line(proc.stderr, disk)
+    assert line.startswith(f"{stage}: ") and line.endswith((".pt: No space left on device",
+                                                            ".h5: No space left on device")), line
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(disk.rglob(".*.tmp"))
+
+
+def test_a_checkpoint_or_a_feature_shard_that_does_not_fit_is_oserror_naming_it(ws, small_disk):
+    """The writers themselves: a full disk is OSError (ENOSPC) naming the file and leaving no temporary file;
+    a checkpoint of the same name written before stays as it was."""
+    import numpy as np
+    import torch
+
+    from his.audio.features import clip_shards, write_features
+    from his.train.checkpoint import save_checkpoint
+
+    disk = small_disk("disk", 600)
+    first = save_checkpoint(disk, 1, {"weights": torch.zeros(1000)}, keep=5)
+    before = first.read_bytes()
+    with pytest.raises(OSError, match=f"{first}") as e:
+        save_checkpoint(disk, 1, {"weights": torch.zeros(200_000)}, keep=5)
+    assert e.value.errno == errno.ENOSPC and first.read_bytes() == before and not list(disk.rglob(".*.tmp"))
+
+    shards = clip_shards(ws.clips / "index.h5")
+    raw = np.ones((sum(n for _, n in shards), 4000), np.float32)
+    features = disk / "features"
+    small_disk.fill(disk, 16)
+    with pytest.raises(OSError, match=f"{features}/features-0000.\\.h5") as e:
+        write_features(features, shards, raw, raw[0] * 0, raw[0], {"layer": "x", "checkpoint": "x",
+                                                                    "checkpoint_sha256": "x"})
+    assert e.value.errno == errno.ENOSPC and not list(disk.rglob(".*.tmp"))

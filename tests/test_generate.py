@@ -224,3 +224,15 @@ def test_a_checkpoint_it_cannot_use_is_one_line_and_exit_2(foreign_checkpoints, 
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert str(foreign_checkpoints / name) in err and reason in err, err
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_a_grid_that_does_not_fit_on_the_disk_is_one_line_naming_it(trained_run, tmp_path, small_disk, capsys):
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    write_pcm_wav(tmp_path / "tone.wav", (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16))
+    disk = small_disk("disk", 64)
+    small_disk.fill(disk, 0)
+    capsys.readouterr()
+    assert main(["--checkpoint", str(trained_run), "--audio", str(tmp_path / "tone.wav"),
+                 "--out", str(disk / "grid.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"his.generate: {disk / 'grid.png'}: No space left on device" and not list(disk.rglob(".*.tmp"))
