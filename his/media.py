@@ -32,6 +32,7 @@ REFERENCE_SIZE = (320, 240)  # UCF-101 frame size the crop is given for
 FRAME88_SIZE = (88, 66)  # whole frame, W x H
 SILENCE_PEAK = 2  # int16 levels; a track whose peak is below this is silent
 
+SHOWINFO_TIME = re.compile(r"\bpts_time:\s*(-?[\d.]+)")
 GLOBAL_ARGS = ["-nostdin", "-hide_banner", "-nostats", "-filter_complex_threads", "1", "-threads", "1"]
 
 
@@ -219,10 +220,10 @@ def clip_decode_args(
     frame_times: Sequence[float] | None,
     fps: float,
 ) -> list[str]:
-    """The ffmpeg call of decode_clips: 22,050 Hz mono s16le audio to `audio_file`; to stdout as rgb24 the
-    frame on screen at each of `frame_times` (None: every frame at a constant `fps`), the centre crop resized
-    to size x size and the whole frame resized to 88x66 side by side, padded at the bottom to the same height.
-    """
+    """The ffmpeg call of decode_clips: 22,050 Hz mono s16le audio from time 0 to `audio_file`; to stdout as
+    rgb24 the frame on screen at each of `frame_times` (None: every frame, each with its timestamp on stderr as
+    showinfo's `pts_time:`), the centre crop resized to size x size and the whole frame resized to 88x66 side
+    by side, padded at the bottom to the same height."""
     crop_w, crop_h = crop[0] / REFERENCE_SIZE[0], crop[1] / REFERENCE_SIZE[1]
     big_w, big_h = FRAME88_SIZE
     height = max(size, big_h)
@@ -232,6 +233,8 @@ def clip_decode_args(
         # the frame on screen at time m is the one whose timestamp t has m - 1/fps < t <= m
         expr = "+".join(f"between(t,{m - 1 / fps + 1e-4:.6f},{m + 1e-4:.6f})" for m in frame_times)
         video = video.filter("select", expr)
+    else:
+        video = video.filter("showinfo")
     both = video.filter("format", "rgb24").split()
     small = (
         both[0]
@@ -240,24 +243,27 @@ def clip_decode_args(
         .filter("pad", size, height, 0, 0)
     )
     big = both[1].filter("scale", big_w, big_h, flags="area").filter("pad", big_w, height, 0, 0)
-    fps_mode = "passthrough" if frame_times is not None else "cfr"
     graph = ffmpeg.merge_outputs(
-        inp.audio.output(audio_file, format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE),
-        ffmpeg.filter([small, big], "hstack").output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode=fps_mode),
+        # placed by its own timestamps: an audio track that starts after the video (as phone recordings' do)
+        # is padded with silence from 0, so sample i is at time i / SAMPLE_RATE, as the frames' times are
+        inp.audio.filter("aresample", **{"async": 1, "first_pts": 0})
+        .output(audio_file, format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE),
+        ffmpeg.filter([small, big], "hstack").output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough"),
     )
-    return ffmpeg_args(graph.overwrite_output())
+    return ffmpeg_args(graph.overwrite_output(), "error" if frame_times is not None else "info")
 
 
-def _decode(path: Path, args_for, size: int, timeout: float) -> tuple[np.ndarray, np.ndarray]:
-    """Run one clip_decode_args call (given as a function of the audio file's path); return (audio, frames)."""
+def _decode(path: Path, args_for, size: int, timeout: float) -> tuple[np.ndarray, np.ndarray, str]:
+    """Run one clip_decode_args call (given as a function of the audio file's path); return (audio, frames,
+    ffmpeg's stderr)."""
     with tempfile.TemporaryDirectory(prefix="his-audio-") as tmp:
         audio_file = os.path.join(tmp, "audio.s16le")
-        raw = run_ffmpeg_args(args_for(audio_file), path, timeout)[0]
+        raw, stderr = run_ffmpeg_args(args_for(audio_file), path, timeout)
         audio = np.fromfile(audio_file, dtype="<i2")
     height, width = max(size, FRAME88_SIZE[1]), size + FRAME88_SIZE[0]
     frames = np.frombuffer(raw, np.uint8)
     n = len(frames) // (height * width * 3)
-    return audio, frames[: n * height * width * 3].reshape(n, height, width, 3)
+    return audio, frames[: n * height * width * 3].reshape(n, height, width, 3), stderr.decode(errors="replace")
 
 
 def decode_clips(
@@ -278,7 +284,9 @@ def decode_clips(
 
     Two ffmpeg calls: `ffmpeg -i` for the duration, then audio and the selected frames together (measured
     ~4x faster than one call that converts every frame; benchmarks/preprocess.py). Where the frame timestamps
-    have gaps the select misses a frame; then every frame is decoded at a constant rate and picked by index.
+    have gaps, or the frame rate changes, the select misses a frame; then every frame is decoded with its own
+    timestamp and the one on screen at each middle picked by time. The audio is placed by its own timestamps
+    too (from time 0), and a track is truncated only when it ends well before the container's duration.
     """
     path = Path(path)
     if not path.is_file():
@@ -300,13 +308,18 @@ def decode_clips(
     first = np.array([round(s * SAMPLE_RATE) for s in starts])
     t_start = first / SAMPLE_RATE
     t_frame = t_start + window_s / 2
-    audio, frames = _decode(path, lambda a: clip_decode_args(path, a, crop, size, t_frame, info.fps), size, timeout)
+    audio, frames, _ = _decode(path, lambda a: clip_decode_args(path, a, crop, size, t_frame, info.fps), size,
+                               timeout)
     if len(frames) != len(starts):
-        audio, every = _decode(path, lambda a: clip_decode_args(path, a, crop, size, None, info.fps), size, timeout)
+        audio, every, log = _decode(path, lambda a: clip_decode_args(path, a, crop, size, None, info.fps), size,
+                                    timeout)
+        times = np.array([float(t) for t in SHOWINFO_TIME.findall(log)])
         if len(every) == 0:
             raise MediaError(f"{path}: no decodable video frames")
-        # the frame on screen at time t is the last one whose timestamp i / fps is <= t
-        frames = every[np.minimum(np.floor(t_frame * info.fps + 1e-6).astype(int), len(every) - 1)]
+        if len(times) != len(every):
+            raise MediaError(f"{path}: {len(every)} frames decoded but {len(times)} timestamps")
+        # the frame on screen at time t is the last one whose timestamp is <= t
+        frames = every[np.clip(np.searchsorted(times, t_frame + 1e-6, side="right") - 1, 0, len(every) - 1)]
 
     decoded = len(audio) / SAMPLE_RATE
     if decoded < 0.9 * info.duration - 0.1:

@@ -97,3 +97,31 @@ def test_a_relative_name_with_a_colon_is_a_file_not_a_url(tmp_path, monkeypatch,
     info = probe("take:2.avi")  # without file: ffmpeg reads "take:" as a protocol and fails
     assert info.has_audio and info.duration == pytest.approx(2.0, abs=0.1)
     assert len(decode_audio("take:2.avi")) > 0
+
+
+def test_a_variable_frame_rate_video_whose_sound_starts_late_is_kept_and_aligned(tmp_path, fake_videos):
+    """As phone recordings are: 30 fps for 2 s, then 10 fps, the sound (the chirp) starting 0.69 s in; its
+    container's duration (5.83 s) is longer than the sound (5.07 s). Kept, with the sound at its own times:
+    silence before 0.69 s, and the chirp's pitch at each window's middle that of its time since 0.69 s."""
+    from his.media import ffmpeg_exe
+    import subprocess
+
+    n = 98  # 60 frames at 30 fps, 38 at 10 fps: 5.8 s
+    frames = np.stack([np.full((240, 320, 3), (*fake_videos.frame_colour(i), 128), np.uint8) for i in range(n)])
+    path = tmp_path / "v_Phone_g01_c01.mkv"
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
+                    "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "320x240", "-r", "30", "-i", "pipe:",
+                    "-itsoffset", "0.69", "-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*(200*t+50*t*t)):s=44100:d=5.07",
+                    "-filter_complex", "[0:v]setpts='if(lt(N,60),N/30/TB,(2+(N-60)/10)/TB)'[v]",
+                    "-map", "[v]", "-map", "1:a", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv444p",
+                    "-qp", "0", "-c:a", "aac", str(path)], input=frames.tobytes(), check=True, timeout=60)  # fmt: skip
+    clips = decode_clips(path, window_s=1.0, max_clips=4)
+    assert len(clips) == 4
+    silent = round((0.69 - clips.t_start[0]) * SAMPLE_RATE) - 200
+    assert np.abs(clips.audio[0, :silent]).max() < 2 and np.abs(clips.audio[0, silent + 400:]).max() > 1000
+    for k in range(1, 4):
+        heard = fake_videos.chirp_frequency(clips.audio[k])
+        assert heard == pytest.approx(200 + 100 * (clips.t_frame[k] - 0.69), abs=10), k
+        t = clips.t_frame[k]
+        shown = int(np.floor(t * 30 + 1e-6)) if t < 2 else 60 + int(np.floor((t - 2) * 10 + 1e-6))
+        assert fake_videos.frame_number(clips.frame64[k]) == shown, k
