@@ -17,7 +17,7 @@ from his.audio.features import (FeaturesConfig, ShardJob, extract_shard, feature
                                 load_feature_model, pending_jobs, plan, summary_if_complete)
 from his.config import stage_main
 from his.distributed import choose_device
-from his.io import write_json
+from his.io import InputError, write_json
 from hpc.ray_cluster import node_name
 
 
@@ -60,9 +60,14 @@ def run(cfg: PoolFeaturesConfig) -> dict:
             threads = max(1, int(cfg.cpus_per_actor))
             pool = ActorPool([actor.remote(cfg.checkpoint, cfg.layer, cfg.batch_size, threads)
                               for _ in range(min(cfg.actors, len(pending)))])
-            for rows, node in tqdm(pool.map_unordered(lambda a, job: a.extract.remote(job), pending),
-                                   total=len(pending), desc="soundnet features (ray)"):
-                rows_per_node[node] = rows_per_node.get(node, 0) + rows
+            try:
+                for rows, node in tqdm(pool.map_unordered(lambda a, job: a.extract.remote(job), pending),
+                                       total=len(pending), desc="soundnet features (ray)"):
+                    rows_per_node[node] = rows_per_node.get(node, 0) + rows
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, InputError):  # a damaged or non-finite shard: its one line, not Ray's
+                    raise e.cause from None
+                raise
         summary = finish(cfg, features_dir, checkpoint, sha, jobs, feature_layer(cfg.checkpoint, cfg.layer))
         result = {**summary, "extracted_shards": len(pending), "skipped_shards": len(jobs) - len(pending),
                   "rows_per_node": dict(sorted(rows_per_node.items()))}

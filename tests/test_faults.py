@@ -27,6 +27,7 @@ import his.data.spec
 import his.eval.stage
 import hpc.features
 import hpc.preprocess
+from conftest import change_chunk_bytes
 from benchmarks.faults import REPO, clip_sets_equal, preprocess_trial, train_trial, tree_digest
 from his.audio.features import checkpoint_identity, features_dir_for
 from his.io import InputError, exclusive_dir
@@ -65,6 +66,14 @@ def ws(datasets, fake_videos, tmp_path_factory) -> SimpleNamespace:
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
+    w.changed = copy_set(w.clips, root / "changed")  # 5 KB inside a frame chunk, the file's size kept
+    change_chunk_bytes(w.changed / "shards" / "clips-00001.h5", "frame64", 2)
+    w.nonfinite = copy_set(w.clips, root / "nonfinite")
+    w.nonfinite_run = root / "nonfinite-run"  # trained on them before they went bad
+    assert train_main(train_args(w, w.nonfinite, out=w.nonfinite_run, steps=2)) == 0
+    with h5py.File(features_dir_for(str(w.nonfinite), datasets.FEATURE_SHA256) / "features-00001.h5", "a") as f:
+        f["feature"][2] = float("nan")
+        f["feature"][3, 0] = float("inf")
     w.nofeat = copy_set(w.clips, root / "nofeat")
     (features_dir_for(str(w.nofeat), datasets.FEATURE_SHA256) / "features-00000.h5").unlink()
     w.images = datasets.images(root / "images", n=6)
@@ -153,6 +162,10 @@ CASES = {
                                           "clips-00002.h5: "),  # its size, then the manifest's
     "train: a clip shard changed, HIS_VERIFY=full": Case("his.train", lambda w: train_args(w, w.corrupt),
                                                          "clips-00003.h5: sha256 differs", env={"HIS_VERIFY": "full"}),
+    "train: 5 KB of a frame chunk changed (the default check)": Case(
+        "his.train", lambda w: train_args(w, w.changed), "clips-00001.h5: dataset frame64 rows 2 fail their checksum"),
+    "train: NaN and inf in a feature shard": Case("his.train", lambda w: train_args(w, w.nonfinite),
+                                                  "features-00001.h5 rows 2, 3: feature values are NaN or inf"),
     "train: HIS_VERIFY=everything": Case("his.train", lambda w: train_args(w), "HIS_VERIFY='everything' must be one of",
                                          env={"HIS_VERIFY": "everything"}),
     "train: a feature shard missing": Case("his.train", lambda w: train_args(w, w.nofeat),
@@ -197,6 +210,8 @@ CASES = {
     "eval: no run there": Case("his.eval", lambda w: [f"run={w.root / 'none'}"], "no config.toml there"),
     "eval: checkpoint= torn": Case("his.eval", lambda w: [f"run={w.run}", f"checkpoint={w.torn}"],
                                    "torn.pt: not a readable checkpoint"),
+    "eval: NaN and inf in the run's features": Case("his.eval", lambda w: [f"run={w.nonfinite_run}"],
+                                                    "features-00001.h5 rows 2, 3: feature values are NaN or inf"),
     "eval: the run's clip shard missing": Case("his.eval", lambda w: [f"run={w.run}"], "clips-00001.h5: missing"),
     # his.data.spec
     "spec: no command": Case("his.data.spec", lambda w: [], "the following arguments are required: command"),

@@ -93,3 +93,20 @@ def test_train_statistics_floor_the_std_of_nearly_dead_units():
     np.testing.assert_allclose(std[0], spread, rtol=1e-6)
     floor = 0.1 * (spread + np.std([1e-6, 0.0, 2e-6])) / 2
     np.testing.assert_allclose(std[1], floor, rtol=1e-4)  # a held-out 9.0 is z = 9 / floor, not 9 / 1e-6
+
+
+def test_non_finite_features_are_never_written(datasets, tmp_path):
+    """NaN or inf from the network (here put in by hand) stops the set before any file of it is written,
+    naming the clip shard and rows they came from."""
+    from his.audio.features import clip_shards, write_features
+    from his.io import InputError
+
+    clips = datasets.clips(tmp_path / "clips", groups_per_class=3, clips_per_group=2, shard_clips=7)
+    shards = clip_shards(clips / "index.h5")
+    raw = np.ones((sum(n for _, n in shards), 4), np.float32)
+    raw[9, 1], raw[12, 0] = np.nan, -np.inf  # rows 2 and 5 of the second shard
+    out = tmp_path / "features"
+    with pytest.raises(InputError, match=r"clips-00001.h5: the features of rows 2, 5 are NaN or inf; not written"):
+        write_features(out, shards, raw, np.zeros(4, np.float32), np.ones(4, np.float32),
+                       {"layer": "x", "checkpoint": "x", "checkpoint_sha256": "x"})
+    assert not out.exists()

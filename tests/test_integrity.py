@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import change_chunk_bytes
 from his.data.dataset import load_features, load_split
 from his.data.manifest import source_problems, verify_set
 from his.data.spec import check_file
@@ -98,17 +99,6 @@ def test_bytes_changed_in_the_middle_pass_the_size_check_and_fail_verify_full(cl
                           str(shard)], cwd=REPO, capture_output=True, text=True, env={**os.environ, "HIS_VERIFY": ""})
     assert out.returncode == 1 and out.stderr == ""
     assert out.stdout.count(f"{shard}: sha256 differs") == 2  # through the index, and the shard on its own
-
-
-def change_chunk_bytes(shard: Path, dataset: str, row: int, n: int = 5000) -> None:
-    """Overwrite `n` bytes inside the chunk of `row` of `dataset` (one row a chunk); the file keeps its size."""
-    with h5py.File(shard) as f:
-        ds = f[dataset]
-        chunk = ds.id.get_chunk_info_by_coord((row,) + (0,) * (ds.ndim - 1))
-    assert chunk.size > n
-    with open(shard, "r+b") as f:
-        f.seek(chunk.byte_offset + 100)
-        f.write(np.full(n, 7, np.uint8).tobytes())
 
 
 def test_bytes_changed_in_a_frame_chunk_are_caught_on_every_read_by_default(clips, tmp_path, monkeypatch):

@@ -34,12 +34,12 @@ from tqdm import tqdm
 from his.audio.finetune import load_checkpoint
 from his.audio.soundnet import SoundNet8, cache_dir, load_pretrained, pretrained_state_dict
 from his.config import ConfigError, stage_main
-from his.data.dataset import load_features, load_split, open_set, read_classes
+from his.data.dataset import load_features, load_split, non_finite_rows, open_set, read_classes, row_list
 from his.data.manifest import MANIFEST, source_problems
 from his.data.shards import build_index, code_version, new_hdf5, now_utc, sha256_file, write_manifest
 from his.data.spec import decode_attr, encode_attr, kind_spec, storage_options
 from his.distributed import choose_device
-from his.io import atomic_path, exclusive_dir
+from his.io import InputError, atomic_path, exclusive_dir
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -108,6 +108,8 @@ def load_feature_extractor(features_dir: str | os.PathLike, device: torch.device
             raise ConfigError(f"config: {index} has no mean and std to standardise a new sound with")
         checkpoint, sha, layer = (decode_attr(f.attrs[k], "str") for k in ("checkpoint", "checkpoint_sha256", "layer"))
         mean, std = f["mean"][()], f["std"][()]
+    if len(non_finite_rows(np.stack([mean, std]))):
+        raise InputError(f"{index}: its mean or std holds NaN or inf (rerun hpc.features)")
     if sha == checkpoint_identity("")[1]:
         return FeatureExtractor(load_pretrained(device), layer, mean, std)
     if not Path(checkpoint).is_file() or sha256_file(checkpoint) != sha:
@@ -171,10 +173,19 @@ def extract_shard(model: SoundNet8, layer: str, job: ShardJob, batch_size: int) 
         audio = f["audio"]
         features = np.concatenate([extract_batch(model, audio[i : i + batch_size], layer)
                                    for i in range(0, len(audio), batch_size)])
+    refuse_non_finite(features, job.clip_shard)
     Path(job.raw_path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(job.raw_path) as tmp, open(tmp, "wb") as out:
         np.save(out, features)
     return len(features)
+
+
+def refuse_non_finite(features: np.ndarray, clip_shard: str | os.PathLike) -> None:
+    """InputError naming the clip shard and rows whose `features` hold NaN or inf: such features are never
+    written (a reader would refuse them; a training would end on a non-finite loss)."""
+    bad = non_finite_rows(features)
+    if len(bad):
+        raise InputError(f"{clip_shard}: the features of {row_list(bad)} are NaN or inf; not written")
 
 
 def is_complete(features_dir: Path, total_rows: int) -> bool:
@@ -216,13 +227,18 @@ def write_features(features_dir: Path, clip_shards: list[tuple[str | os.PathLike
     checkpoint_sha256, ...). Returns the index path."""
     if sum(rows for _, rows in clip_shards) != len(raw):
         raise ValueError(f"{len(raw)} feature rows for {sum(rows for _, rows in clip_shards)} clips")
+    standardised = (raw - mean) / std
+    row = 0
+    for clip_shard, rows in clip_shards:  # all checked before any is written
+        refuse_non_finite(standardised[row : row + rows], clip_shard)
+        row += rows
     features_dir = Path(features_dir)
     features_dir.mkdir(parents=True, exist_ok=True)
     (features_dir / MANIFEST).unlink(missing_ok=True)  # it vouches for the shards written below, once they are
     shard_paths, row = [], 0
     for clip_shard, rows in clip_shards:
         path = features_dir / Path(clip_shard).name.replace("clips-", "features-")
-        write_feature_shard(path, (raw[row : row + rows] - mean) / std, attrs)
+        write_feature_shard(path, standardised[row : row + rows], attrs)
         shard_paths.append(path)
         row += rows
     index = features_dir / "index.h5"

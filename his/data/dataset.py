@@ -158,7 +158,38 @@ def load_features(features_dir: str | os.PathLike, split: str | None) -> np.ndar
     with open_set(features_dir.parent.parent / "index.h5", "clips") as f:
         rows = _split_rows(f, split)
     with open_set(feature_file, "features") as f:
-        return _read_rows(f["feature"], rows).astype(np.float32, copy=False)
+        features = _read_rows(f["feature"], rows).astype(np.float32, copy=False)
+        bad = non_finite_rows(features)
+        if len(bad):
+            raise InputError(f"{rows_in_shards(feature_file, f['feature'], rows[bad])}: feature values are NaN or "
+                             "inf (rerun hpc.features)")
+    return features
+
+
+def non_finite_rows(values: np.ndarray) -> np.ndarray:
+    """Positions of the rows of `values` that hold a NaN or an infinity."""
+    return np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+
+
+def row_list(rows: Sequence[int], limit: int = 5) -> str:
+    """'rows 3, 7, 8' (and how many more beyond `limit`)."""
+    rows = [int(r) for r in rows]
+    more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
+    return f"row{'s' if len(rows) > 1 else ''} " + ", ".join(map(str, rows[:limit])) + more
+
+
+def rows_in_shards(index_path: str | os.PathLike, ds: h5py.Dataset, index_rows: np.ndarray) -> str:
+    """Where rows `index_rows` of the virtual dataset `ds` of the index at `index_path` are stored:
+    'SHARD rows 2, 3' for each shard holding some (the index itself for a plain dataset)."""
+    if not ds.is_virtual:
+        return f"{index_path} {row_list(index_rows)}"
+    parts = []
+    for source in ds.virtual_sources():
+        (first, *_), (last, *_) = source.vspace.get_select_bounds()
+        inside = index_rows[(index_rows >= first) & (index_rows <= last)]
+        if len(inside):
+            parts.append(f"{Path(index_path).parent / source.file_name} {row_list(inside - first)}")
+    return "; ".join(parts)
 
 
 def available_memory() -> int:
