@@ -88,16 +88,25 @@ def make_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _holder(what: str) -> dict[str, Any]:
+def holder_info(what: str) -> dict[str, Any]:
+    """Who this process is, as a lock (or a launcher's record) names it: what, host, pid, start time, command."""
     return {"what": what, "host": socket.gethostname(), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
 
 
+def describe_holder(holder: dict[str, Any]) -> str:
+    """'his.train (pid 42 on n1, started 2026-...: python -m his.train ...)' from holder_info's dict."""
+    try:
+        return f"{holder['what']} (pid {holder['pid']} on {holder['host']}, started {holder['started']}: " \
+               f"{holder['command']})"
+    except (KeyError, TypeError):
+        return "another process (it has not said who yet)"
+
+
 def _describe_holder(lock: Path) -> str:
     try:
-        h = json.loads(lock.read_text())
-        return f"{h['what']} (pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']})"
-    except (OSError, ValueError, KeyError, TypeError):
+        return describe_holder(json.loads(lock.read_text()))
+    except (OSError, ValueError):
         return "another process (it has not said who yet)"
 
 
@@ -133,7 +142,7 @@ def _lock(lock: Path, path: Path, what: str) -> int:
         if same:
             try:
                 os.ftruncate(fd, 0)
-                os.write(fd, (json.dumps(_holder(what)) + "\n").encode())
+                os.write(fd, (json.dumps(holder_info(what)) + "\n").encode())
             except OSError as e:  # a full disk: say which file
                 os.close(fd)
                 raise OSError(e.errno, e.strerror, str(lock)) from None

@@ -27,11 +27,15 @@ current step, the job requeues itself, and the requeued job resumes exactly from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
+import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import tomllib
@@ -42,6 +46,7 @@ import submitit
 import tomli_w
 
 from his.config import ConfigError, config_to_dict, load_config
+from his.io import InputError, describe_holder, exclusive_dir, holder_info, write_json
 from his.log import setup_logging
 from hpc.plan import plan_chain, plan_stage
 from hpc.ray_cluster import node_name, ray_head, ray_worker
@@ -178,8 +183,31 @@ def sweep_overrides(path: Path) -> list[list[str]]:
             for point in itertools.product(*(flat[k] for k in keys))]
 
 
+class JobFailed(LaunchError):
+    """A submitted job ended without a result: the message is one line with the job's own reason."""
+
+
+def job_failure(job: submitit.Job, e: Exception) -> str:
+    """One line for a failed job: its id and stage, the error it raised (the last line of its traceback), or
+    for a job killed from outside (time limit, memory, scancel) the state Slurm gives, and its log."""
+    try:
+        stage = job.submission().function.stage
+    except Exception:  # the submitted pickle is gone: say what we can
+        stage = "?"
+    text = str(e)
+    if isinstance(e, submitit.core.utils.FailedJobError) and text.count("-" * 22) >= 2:
+        trace = [line.strip() for line in text.split("-" * 22)[1].splitlines() if line.strip()]
+        reason = re.sub(r"^(?:\w+\.)+(?=\w+(?:Error|Exception|Interrupt|Exit)\b)", "", trace[-1]) if trace else "?"
+    else:
+        state = re.search(r"\(state: ([^)]+)\)", text)
+        reason = f"ended without a result (state {state[1] if state else 'unknown'})"
+    return f"job {job.job_id} ({stage}) failed: {reason} (log {job.paths.stdout})"
+
+
 def wait_for(jobs: list[submitit.Job], timeout_s: float) -> list[list[Any]]:
-    """Every task's result of each job, polling with our own deadline (sacct may be absent on small clusters)."""
+    """Every task's result of each job, polling with our own deadline (sacct may be absent on small clusters).
+    A job that failed is JobFailed, saying why in one line; the jobs after it (which depend on it) are not
+    waited for."""
     deadline = time.monotonic() + timeout_s
     results = []
     for job in jobs:
@@ -187,8 +215,36 @@ def wait_for(jobs: list[submitit.Job], timeout_s: float) -> list[list[Any]]:
             if time.monotonic() > deadline:
                 raise LaunchError(f"job {job.job_id} not done after {timeout_s:.0f} s")
             time.sleep(1.0)
-        results.append(job.results())
+        try:
+            results.append(job.results())
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+            raise JobFailed(job_failure(job, e)) from None
     return results
+
+
+LAUNCH_RECORD = "launch.json"  # RUN/launch.json: the launcher that last submitted into RUN, and its jobs
+
+
+def refuse_if_queued(run_dir: Path) -> None:
+    """LaunchError naming the launcher and its jobs when jobs an earlier launcher submitted into `run_dir`
+    (its launch.json) are still in Slurm's queue, pending or running."""
+    record = run_dir / LAUNCH_RECORD
+    if not record.is_file() or not shutil.which("squeue"):
+        return
+    try:
+        earlier = json.loads(record.read_text())
+        stages = {str(j["job_id"]).split("_")[0]: j["stage"] for j in earlier["jobs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a record we cannot read vouches for nothing
+    try:
+        listed = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    queued = sorted({i.split("_")[0] for i in listed.split()} & set(stages), key=int)
+    if queued:
+        raise LaunchError(f"{run_dir} is in use by the jobs of {describe_holder(earlier.get('launcher'))}: "
+                          + ", ".join(f"{i} ({stages[i]})" for i in queued)
+                          + " still queued or running; wait for them, or scancel them")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -233,21 +289,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        jobs, waiting = launch(args)
-        if waiting:
-            for job, results in zip(jobs, wait_for(jobs, args.wait_timeout)):
-                print(f"hpc.launch: job {job.job_id} finished: {results[0]}")
-    except (LaunchError, SlurmError, ConfigError) as e:
+        with contextlib.ExitStack() as hold:  # the run dir's lock, held while this launcher waits for its jobs
+            jobs, waiting = launch(args, hold)
+            if waiting:
+                for job, results in zip(jobs, wait_for(jobs, args.wait_timeout)):
+                    print(f"hpc.launch: job {job.job_id} finished: {results[0]}")
+    except JobFailed as e:
+        print(f"hpc.launch: {e}", file=sys.stderr)
+        return 1
+    except (LaunchError, SlurmError, ConfigError, InputError) as e:
         print(f"hpc.launch: {e}", file=sys.stderr)
         return 2
-    except submitit.core.utils.FailedJobError as e:
-        print(f"hpc.launch: a job failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
-        return 1
     return 0
 
 
-def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
-    """Validate, then submit; returns the jobs and whether the caller should wait for them."""
+def launch(args: argparse.Namespace, hold: contextlib.ExitStack | None = None) -> tuple[list[submitit.Job], bool]:
+    """Validate, take the run directory's lock (refused, naming the holder, while another launcher holds it
+    or its jobs are still queued), then submit; returns the jobs and whether the caller should wait for
+    them. The lock is held until `hold` closes (by default, until this returns)."""
+    with contextlib.ExitStack() as own:
+        return _launch(args, own if hold is None else hold)
+
+
+def _launch(args: argparse.Namespace, hold: contextlib.ExitStack) -> tuple[list[submitit.Job], bool]:
     run_dir = Path(args.run_dir).resolve()
     cfg = wire(load_config(PipelineConfig, args.config, args.overrides), run_dir)
     cluster = "local" if args.local or not shutil.which("sbatch") else "slurm"
@@ -294,6 +358,8 @@ def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
         todo = [p.stage for p in plans if p.action != "skip"]
     if not args.dry_run:
         check_run_dir(run_dir)
+        hold.enter_context(exclusive_dir(run_dir, "hpc.launch"))  # before anything is submitted
+        refuse_if_queued(run_dir)
     folder = run_dir / "submitit" / time.strftime("%Y%m%d-%H%M%S")  # fresh per launch: job ids may repeat
 
     if args.dry_run:
@@ -329,6 +395,9 @@ def launch(args: argparse.Namespace) -> tuple[list[submitit.Job], bool]:
         jobs.append(job)
         if cluster == "local" and stage != todo[-1]:
             wait_for([job], args.wait_timeout)  # the local executor knows no dependencies
+    if cluster == "slurm":  # what a second launcher into this run dir must wait for
+        write_json(run_dir / LAUNCH_RECORD, {"launcher": holder_info("hpc.launch"), "jobs": [
+            {"job_id": job.job_id, "stage": job.submission().function.stage} for job in jobs]})
     print(f"hpc.launch: run dir {run_dir}")
     print(f"hpc.launch: logs under {folder}")
     print(f"hpc.launch: watch with: tensorboard --logdir {run_dir}")

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from his.audio.features import features_dir_for
 from his.config import ConfigError, load_config, save_config
 from his.data.shards import sha256_file
+from his.io import exclusive_dir
 from his.train import TrainConfig, run
 from hpc.launch import launch, parse_args, sweep_overrides, wait_for
 from hpc.plan import StagePlan, plan_chain, plan_stage
@@ -288,6 +289,26 @@ def test_relaunching_with_a_changed_config_resumes_refuses_or_skips(tiny_pipelin
     assert sorted(p.name for p in (tmp_path / "train" / "checkpoints").iterdir()) == before and summary()["step"] == 3
 
 
+def test_a_second_launcher_is_refused_naming_the_first_before_it_submits(tiny_pipeline_data, tmp_path):
+    with exclusive_dir(tmp_path / "run", "hpc.launch"):  # a first launcher, still submitting or waiting
+        out = hpc_launch("train", "--local", "--run-dir", str(tmp_path / "run"), *data_args(tiny_pipeline_data),
+                         *TINY_TRAIN, "train.max_steps=2")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"hpc.launch: {tmp_path / 'run'} is in use by hpc.launch (pid {os.getpid()} on ")
+    assert not (tmp_path / "run" / "submitit").exists()
+
+
+def test_a_failed_job_is_its_own_one_line_reason_in_the_launchers_output(tiny_pipeline_data, tmp_path):
+    """The job raises (its out is held by another writer); the launcher says what it raised, not only where
+    its log is."""
+    with exclusive_dir(tmp_path / "train", "another his.train"):
+        out = hpc_launch("train", "--local", "--run-dir", str(tmp_path), *data_args(tiny_pipeline_data),
+                         *TINY_TRAIN, "train.max_steps=2")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert re.match(rf"hpc\.launch: job \d+ \(train\) failed: InputError: {tmp_path / 'train'} is in use by "
+                    rf"another his\.train \(pid {os.getpid()} .* \(log .*_log\.out\)$", out.stderr), out.stderr
+
+
 def test_dry_run_without_a_reachable_cluster_prints_the_scripts_and_says_so(tiny_pipeline_data, tmp_path):
     conf = tmp_path / "slurm.conf"  # a controller on a port nothing listens on
     conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=9\n")
@@ -314,6 +335,24 @@ def test_bad_partition_and_too_many_nodes_submit_nothing(tiny_pipeline_data, tmp
     assert out.returncode == 2 and out.stderr == "hpc.launch: 2 task(s) per node x --cpus-per-task 2 = 4 CPUs: " \
                                                  "partition 'gpu' nodes have 2\n"
     assert squeue_count() == before and not (tmp_path / "submitit").exists()
+
+
+@pytest.mark.slurm
+def test_a_second_launcher_on_slurm_waits_for_the_first_ones_jobs(tiny_pipeline_data, tmp_path):
+    """The first launcher has exited, its chain still in the queue: a second one is refused, naming the jobs,
+    and submits nothing."""
+    args = ["train", "--partition", "cpu", "--time", "00:10:00", "--run-dir", str(tmp_path),
+            *data_args(tiny_pipeline_data), *TINY_TRAIN, "train.max_steps=100000"]
+    jobs, _ = launch(parse_args(args))
+    try:
+        before = squeue_count()
+        out = hpc_launch(*args)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert f"is in use by the jobs of hpc.launch (pid {os.getpid()} on " in out.stderr
+        assert f"{jobs[0].job_id} (train) still queued or running; wait for them, or scancel them" in out.stderr
+        assert squeue_count() == before
+    finally:
+        subprocess.run(["scancel", *[j.job_id for j in jobs]], timeout=30)
 
 
 @pytest.mark.slurm
