@@ -110,3 +110,18 @@ def test_non_finite_features_are_never_written(datasets, tmp_path):
         write_features(out, shards, raw, np.zeros(4, np.float32), np.ones(4, np.float32),
                        {"layer": "x", "checkpoint": "x", "checkpoint_sha256": "x"})
     assert not out.exists()
+
+
+def test_a_feature_set_whose_standardisation_is_not_finite_is_refused(datasets, tmp_path):
+    """What his.generate standardises a new sound with: a NaN in the set's mean is one line naming it."""
+    import torch
+
+    from his.audio.features import load_feature_extractor
+    from his.io import InputError
+
+    clips = datasets.clips(tmp_path / "clips", groups_per_class=3, clips_per_group=2, shard_clips=7)
+    features = datasets.features(clips, dim=4)
+    with h5py.File(features / "index.h5", "a") as f:
+        f["mean"][3] = np.nan
+    with pytest.raises(InputError, match=f"^{features / 'index.h5'}: its mean or std holds NaN or inf"):
+        load_feature_extractor(features, torch.device("cpu"))
