@@ -28,13 +28,33 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+SLURM_DOWN = "one-host Slurm is not up (run slurm/up, or make test)"
+REQUIRED_ON_CI = pytest.StashKey[bool]()
+
+
 def pytest_collection_modifyitems(config, items):
-    if slurm_is_up():
+    """Without the one-host Slurm its tests are skipped, except on CI (CI=true), where each fails saying so."""
+    if not any("slurm" in item.keywords for item in items) or slurm_is_up():
         return
-    skip = pytest.mark.skip(reason="one-host Slurm is not up (run slurm/up, or make test)")
+    on_ci = os.environ.get("CI") == "true"
     for item in items:
         if "slurm" in item.keywords:
-            item.add_marker(skip)
+            if on_ci:
+                item.stash[REQUIRED_ON_CI] = True
+            else:
+                item.add_marker(pytest.mark.skip(reason=SLURM_DOWN))
+
+
+def pytest_runtest_setup(item):
+    if item.stash.get(REQUIRED_ON_CI, False):
+        pytest.fail(f"{SLURM_DOWN}, and on CI (CI=true) the Slurm tests must run", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """How many Slurm tests were skipped, when some were: a green run without them says so."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if SLURM_DOWN in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} Slurm test(s) skipped: {SLURM_DOWN}", yellow=True, bold=True)
 
 
 def change_chunk_bytes(shard, dataset: str, row: int, n: int = 5000) -> None:
