@@ -223,7 +223,11 @@ CASES = {
 }
 
 
-def outcome(case: Case, w: SimpleNamespace, capfd, monkeypatch) -> tuple[int, str, str]:
+def outcome(case: Case, w: SimpleNamespace, capfd, monkeypatch, cwd: Path) -> tuple[int, str, str]:
+    """Run the case in-process from the empty directory `cwd`: a default such as data='demo/clips' then means
+    nothing, whatever the directory pytest was started from holds (a `make demo` checkout holds demo/)."""
+    cwd.mkdir(exist_ok=True)
+    monkeypatch.chdir(cwd)
     for k, v in case.env.items():
         monkeypatch.setenv(k, v)
     try:
@@ -235,12 +239,28 @@ def outcome(case: Case, w: SimpleNamespace, capfd, monkeypatch) -> tuple[int, st
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(ws, name, capfd, monkeypatch):
+def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(ws, name, capfd, monkeypatch, tmp_path):
+    check_case(ws, name, capfd, monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.cli in ("his.audio.finetune", "hpc.features")])
+def test_the_cases_give_the_same_line_in_a_checkout_that_holds_the_demo(ws, name, capfd, monkeypatch, tmp_path):
+    """`make demo`, then `make test`: pytest starts in a checkout whose demo/clips (the default data=) exists."""
+    checkout = tmp_path / "checkout"
+    (checkout / "demo").mkdir(parents=True)
+    copy_set(ws.clips, checkout / "demo" / "clips")
+    monkeypatch.chdir(checkout)
+    before = tree_digest(checkout)
+    check_case(ws, name, capfd, monkeypatch, tmp_path)
+    assert tree_digest(checkout) == before
+
+
+def check_case(ws: SimpleNamespace, name: str, capfd, monkeypatch, tmp_path: Path) -> None:
     case = CASES[name]
     capfd.readouterr()
     with exclusive_dir(case.hold(ws), "another writer") if case.hold else contextlib.nullcontext():
         before = tree_digest(ws.root)
-        code, out, err = outcome(case, ws, capfd, monkeypatch)
+        code, out, err = outcome(case, ws, capfd, monkeypatch, tmp_path / "cwd")
         assert tree_digest(ws.root) == before, "something already written changed"
     assert "Traceback" not in out + err
     lines = (out if case.code == 1 else err).strip().splitlines()
