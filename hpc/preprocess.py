@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -46,7 +47,7 @@ from his.data.layouts import (HEADER, LAYOUTS, SPLIT_CSV, VGGSOUND_COLUMNS, List
                               read_csv_rows, read_folder_rows, read_ucf101, write_split_csv)
 from his.data.manifest import MANIFEST, entry_problem, manifest_entry, read_manifest
 from his.data.shards import build_index, clip_columns, now_utc, read_attrs, write_clip_shard, write_manifest
-from his.data.spec import check_file
+from his.data.spec import check_file, missing_checksums
 from his.io import InputError, exclusive_dir, write_json
 from his.media import MediaError, decode_clips
 from hpc.ray_cluster import node_name
@@ -140,8 +141,12 @@ def shard_is_complete(path: Path, attrs: dict, videos: list[Video], entry: dict 
         return False, [], "not written yet"
     try:
         have = read_attrs(path)
+        with h5py.File(path, "r") as f:
+            unchecked = missing_checksums(f)
     except (OSError, KeyError, ValueError, TypeError) as e:
         return False, [], f"unreadable ({type(e).__name__})"
+    if unchecked:
+        return False, [], f"written without per-chunk checksums ({', '.join(unchecked)})"
     same = all(np.array_equal(np.asarray(have.get(k)), np.asarray(v)) for k, v in attrs.items())
     if not (same and have.get("videos") == [v.key for v in videos]):
         return False, [], "made with other settings or videos"

@@ -57,20 +57,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"{len(skipped)} Slurm test(s) skipped: {SLURM_DOWN}", yellow=True, bold=True)
 
 
-def change_chunk_bytes(shard, dataset: str, row: int, n: int = 5000) -> None:
-    """Overwrite `n` bytes inside the chunk of `row` of `dataset` (one row a chunk) of the HDF5 file `shard`;
-    the file keeps its size."""
-    import h5py
-
-    with h5py.File(shard) as f:
-        ds = f[dataset]
-        chunk = ds.id.get_chunk_info_by_coord((row,) + (0,) * (ds.ndim - 1))
-    assert chunk.size > n + 100
-    with open(shard, "r+b") as f:
-        f.seek(chunk.byte_offset + 100)
-        f.write(bytes([7]) * n)
-
-
 class SmallDisk:
     """A filesystem of its own, small enough to fill: a tmpfs mounted on a fresh directory (root only)."""
 

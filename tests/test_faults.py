@@ -27,8 +27,7 @@ import his.data.spec
 import his.eval.stage
 import hpc.features
 import hpc.preprocess
-from conftest import change_chunk_bytes
-from benchmarks.faults import REPO, clip_sets_equal, preprocess_trial, train_trial, tree_digest
+from benchmarks.faults import REPO, change_chunk_bytes, clip_sets_equal, preprocess_trial, train_trial, tree_digest
 from his.audio.features import checkpoint_identity, features_dir_for
 from his.io import InputError, exclusive_dir
 from his.train.__main__ import main as train_main

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import change_chunk_bytes
+from benchmarks.faults import change_chunk_bytes
 from his.data.dataset import load_features, load_split
 from his.data.manifest import source_problems, verify_set
 from his.data.spec import check_file
