@@ -356,6 +356,22 @@ def test_a_shard_corrupted_in_the_middle_is_redone_and_never_vouched_for(good, r
         assert np.array_equal(redone[name], clean[name]), name
 
 
+def test_shards_written_before_checksums_are_redone_on_a_rerun(good, ray_session, tmp_path):
+    from benchmarks.faults import copy_set
+
+    root, train, test = good
+    lists = write_lists(root, train, test)
+    assert run(root / "videos", lists, tmp_path / "new") == 0
+    old = copy_set(tmp_path / "new", tmp_path / "old", checksum=False)  # the same rows, no fletcher32
+    assert any("has checksum none" in p for p in check_file(old / "shards" / "clips-00000.h5"))
+    assert run(root / "videos", lists, old) == 0
+    summary = json.loads((old / "report.json").read_text())["summary"]
+    assert summary["shards_written"] == 4 and summary["shards_kept"] == 0
+    assert all(check_file(p) == [] for p in [old / "index.h5", *(old / "shards").glob("clips-*.h5")])
+    new, redone = index_content(tmp_path / "new" / "index.h5"), index_content(old / "index.h5")
+    assert all(np.array_equal(new[name], redone[name]) for name in new)
+
+
 def test_an_unwritable_out_or_a_busy_out_is_one_line(good, tmp_path, capsys):
     from his.io import exclusive_dir
 
