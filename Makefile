@@ -19,7 +19,9 @@ demo: bootstrap
 # summary says how many.
 test: bootstrap
 	@if ! $(SLURM_UP); then \
-		if [ "$$CI" = true ]; then echo "make test: one-host Slurm did not start, and on CI (CI=true) its tests must run" >&2; exit 1; fi; \
+		if [ "$$CI" = true ]; then \
+			echo "make test: one-host Slurm did not start, and on CI (CI=true) its tests must run" >&2; exit 1; \
+		fi; \
 		echo "make test: one-host Slurm did not start; Slurm tests will be skipped"; \
 	fi
 	@$(PYTEST); rc=$$?; $(SLURM_DOWN) || true; exit $$rc

@@ -231,7 +231,8 @@ def disk_full_trials(work: Path, clean: Path, videos: Path, splits: Path, classe
         outcome.runs += 1
         outcome.caught += one_line and kept and equal
         outcome.lost += not (kept and equal)
-        outcome.notes.append(f"{len(listed)} shard(s) kept, exit {full.returncode}: {said[0] if said else full.stderr[-200:]}")
+        outcome.notes.append(f"{len(listed)} shard(s) kept, exit {full.returncode}: "
+                             f"{said[0] if said else full.stderr[-200:]}")
     return outcome
 
 

@@ -248,7 +248,8 @@ def clip_decode_args(
         # is padded with silence from 0, so sample i is at time i / SAMPLE_RATE, as the frames' times are
         inp.audio.filter("aresample", **{"async": 1, "first_pts": 0})
         .output(audio_file, format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE),
-        ffmpeg.filter([small, big], "hstack").output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough"),
+        ffmpeg.filter([small, big], "hstack").output("pipe:", format="rawvideo", pix_fmt="rgb24",
+                                                     fps_mode="passthrough"),
     )
     return ffmpeg_args(graph.overwrite_output(), "error" if frame_times is not None else "info")
 
