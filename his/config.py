@@ -7,14 +7,17 @@ type fails before any work starts, naming the field.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import inspect
 import os
 import re
 import sys
+import threading
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, Sequence, TypeVar
 
 import tomli_w
 import yaml
@@ -127,7 +130,8 @@ def cli_main(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | 
     debug = "--debug" in args or os.environ.get("HIS_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
-        return body(args)
+        with _quiet_full_disk_in_threads(debug):
+            return body(args)
     except (ConfigError, InputError) as e:
         if debug:
             raise
@@ -135,7 +139,40 @@ def cli_main(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | 
     except OSError as e:
         if debug:
             raise
+        if e.filename is None and e.errno in DISK_FULL:
+            e.filename = _file_being_written(e)
         return config_error(prog, os_error_line(e))
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _quiet_full_disk_in_threads(debug: bool) -> Iterator[None]:
+    """A background writer thread (TensorBoard's) that meets a full disk prints no traceback: the thread's owner
+    meets the same error at its next write (TensorBoard raises it there), and that is the command's one line."""
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        if debug or not (isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def _file_being_written(e: OSError) -> str | None:
+    """For a write error that names no file (a file object's write, TensorBoard's writer thread): the innermost
+    `filename` argument on its traceback, the file it was writing."""
+    tb, filename = e.__traceback__, None
+    while tb is not None:
+        value = tb.tb_frame.f_locals.get("filename")
+        filename = os.fsdecode(value) if isinstance(value, (str, bytes)) else filename
+        tb = tb.tb_next
+    return filename
 
 
 def config_error(prog: str, error: Any) -> int:

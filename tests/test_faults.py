@@ -377,3 +377,25 @@ def test_a_checkpoint_or_a_feature_shard_that_does_not_fit_is_oserror_naming_it(
         write_features(features, shards, raw, raw[0] * 0, raw[0], {"layer": "x", "checkpoint": "x",
                                                                     "checkpoint_sha256": "x"})
     assert e.value.errno == errno.ENOSPC and not list(disk.rglob(".*.tmp"))
+
+
+def test_tensorboard_writing_into_a_full_disk_is_one_line_naming_its_event_file(small_disk, capfd):
+    """TensorBoard writes from a thread of its own: the thread prints no traceback, and the error it raises
+    again in the command's own thread (naming no file) is the one line, with the event file's name."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from his.config import cli_main
+
+    disk = small_disk("disk", 64)
+    small_disk.fill(disk, 0)
+
+    def body(args: list[str]) -> int:
+        with SummaryWriter(str(disk / "tb")) as writer:
+            for step in range(100):
+                writer.add_scalar("loss", step, step)
+        return 0
+
+    capfd.readouterr()
+    assert cli_main("his.train", body, []) == 2
+    err = capfd.readouterr().err
+    assert re.fullmatch(rf"his\.train: {disk}/tb/events\.out\.tfevents\.[^ ]+: No space left on device\n", err), err
