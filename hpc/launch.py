@@ -190,10 +190,6 @@ class JobFailed(LaunchError):
 def job_failure(job: submitit.Job, e: Exception) -> str:
     """One line for a failed job: its id and stage, the error it raised (the last line of its traceback), or
     for a job killed from outside (time limit, memory, scancel) the state Slurm gives, and its log."""
-    try:
-        stage = job.submission().function.stage
-    except Exception:  # the submitted pickle is gone: say what we can
-        stage = "?"
     text = str(e)
     if isinstance(e, submitit.core.utils.FailedJobError) and text.count("-" * 22) >= 2:
         trace = [line.strip() for line in text.split("-" * 22)[1].splitlines() if line.strip()]
@@ -201,7 +197,15 @@ def job_failure(job: submitit.Job, e: Exception) -> str:
     else:
         state = re.search(r"\(state: ([^)]+)\)", text)
         reason = f"ended without a result (state {state[1] if state else 'unknown'})"
-    return f"job {job.job_id} ({stage}) failed: {reason} (log {job.paths.stdout})"
+    return f"job {job.job_id} ({stage_of(job)}) failed: {reason} (log {job.paths.stdout})"
+
+
+def stage_of(job: submitit.Job) -> str:
+    """The stage a job runs, from its submitted pickle ("?" when that is gone)."""
+    try:
+        return job.submission().function.stage
+    except Exception:  # any failure to read it back: say what we can
+        return "?"
 
 
 def wait_for(jobs: list[submitit.Job], timeout_s: float) -> list[list[Any]]:
@@ -397,7 +401,7 @@ def _launch(args: argparse.Namespace, hold: contextlib.ExitStack) -> tuple[list[
             wait_for([job], args.wait_timeout)  # the local executor knows no dependencies
     if cluster == "slurm":  # what a second launcher into this run dir must wait for
         write_json(run_dir / LAUNCH_RECORD, {"launcher": holder_info("hpc.launch"), "jobs": [
-            {"job_id": job.job_id, "stage": job.submission().function.stage} for job in jobs]})
+            {"job_id": job.job_id, "stage": stage_of(job)} for job in jobs]})
     print(f"hpc.launch: run dir {run_dir}")
     print(f"hpc.launch: logs under {folder}")
     print(f"hpc.launch: watch with: tensorboard --logdir {run_dir}")
