@@ -352,7 +352,11 @@ def test_a_second_launcher_on_slurm_waits_for_the_first_ones_jobs(tiny_pipeline_
         assert f"{jobs[0].job_id} (train) still queued or running; wait for them, or scancel them" in out.stderr
         assert squeue_count() == before
     finally:
-        subprocess.run(["scancel", *[j.job_id for j in jobs]], timeout=30)
+        # SIGKILL first: a plain scancel is a SIGTERM, which the training job takes for a preemption and
+        # requeues itself on (left running, with max_steps=100000, it ate the CPU of the rest of the suite)
+        ids = [j.job_id for j in jobs]
+        subprocess.run(["scancel", "--signal=KILL", "--full", *ids], timeout=30)
+        subprocess.run(["scancel", *ids], timeout=30)
 
 
 @pytest.mark.slurm
