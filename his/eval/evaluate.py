@@ -322,12 +322,12 @@ def compute_metrics(
     return results
 
 
-def retrieval_baseline(data: EvalData, k: int, settings: EvalSettings = EvalSettings(),
+def retrieval_baseline(data: EvalData, looked_up: np.ndarray, settings: EvalSettings = EvalSettings(),
                        cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Every metric of compute_metrics for the retrieval baseline (`retrieval_samples`: k training frames per test
-    sound, looked up by sound features), with its shuffled-sound control looked up from the same shuffled sounds
-    as a generator's. Returns {"overall": ..., "per_class": ..., "attributes": ...} as compute_metrics does."""
-    looked_up = retrieval_samples(data.train_features, data.train_frames, data.test_features, k)
+    """Every metric of compute_metrics for the retrieval baseline (`looked_up`: `retrieval_samples` of the test
+    sounds, K training frames each), with its shuffled-sound control looked up from the same shuffled sounds as a
+    generator's. Returns {"overall": ..., "per_class": ..., "attributes": ...} as compute_metrics does."""
+    k = looked_up.shape[1]
     sounds = cross_class_derangement(data.test_labels, settings.seed)
     shuffled = ShuffledSounds(sounds, retrieval_samples(data.train_features, data.train_frames,
                                                         np.asarray(data.test_features)[sounds], k))
@@ -428,17 +428,20 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = compute_metrics(data, samples, settings, cache_dir, device, shuffled)
+    looked_up = None
     if data.train_features is not None and data.test_features is not None:
-        results["retrieval_baseline"] = retrieval_baseline(data, samples.shape[1], settings, cache_dir, device)
+        looked_up = retrieval_samples(data.train_features, data.train_frames, data.test_features, samples.shape[1])
+        results["retrieval_baseline"] = retrieval_baseline(data, looked_up, settings, cache_dir, device)
 
     seven_rows, eight_rows = _figure_clips(data, settings)
     labels = np.asarray(data.test_labels)
-    images = {
-        "figure7": figures.figure7(
-            [samples[r] for r in seven_rows], [data.test_frames[r] for r in seven_rows],
-            [data.classes[labels[r]] for r in seven_rows],
-        )
-    }
+    def figure7(drawn: np.ndarray) -> np.ndarray:
+        return figures.figure7([drawn[r] for r in seven_rows], [data.test_frames[r] for r in seven_rows],
+                               [data.classes[labels[r]] for r in seven_rows])
+
+    images = {"figure7": figure7(samples)}
+    if looked_up is not None:  # the same sounds' looked-up training frames, to set beside Figure 7
+        images["figure7_retrieval"] = figure7(looked_up)
     if eight_rows is not None:
         a, b = eight_rows
         images["figure8"] = figures.figure8(samples[a], data.test_frames[a], samples[b], data.test_frames[b])
