@@ -353,10 +353,17 @@ def test_a_second_launcher_on_slurm_waits_for_the_first_ones_jobs(tiny_pipeline_
         assert squeue_count() == before
     finally:
         # SIGKILL first: a plain scancel is a SIGTERM, which the training job takes for a preemption and
-        # requeues itself on (left running, with max_steps=100000, it ate the CPU of the rest of the suite)
+        # requeues itself on (left running, with max_steps=100000, it ate the CPU of the rest of the suite);
+        # a killed job may still come back requeued, pending: cancel until none of them is left
         ids = [j.job_id for j in jobs]
         subprocess.run(["scancel", "--signal=KILL", "--full", *ids], timeout=30)
-        subprocess.run(["scancel", *ids], timeout=30)
+        for _ in range(120):
+            subprocess.run(["scancel", *ids], timeout=30)
+            listed = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True,
+                                    text=True, timeout=30).stdout.split()
+            if not listed:
+                break
+            time.sleep(0.5)
 
 
 @pytest.mark.slurm
