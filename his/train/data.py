@@ -86,8 +86,8 @@ def load_clips(cfg: TrainConfig) -> TrainingData:
         raise ConfigError(f"config: features={cfg.features!r} has {n_feat} rows, the clips have {n}")
     if cfg.val_fraction > 0 and not has_groups:
         raise ConfigError(f"config: val_fraction={cfg.val_fraction} needs the clips' video groups; {index} has no 'group'")
-    fields = list(dict.fromkeys([cfg.frames, "label"] + (["group"] if cfg.val_fraction > 0 else [])
-                                + (["group"] if has_groups else ["video_id"] if has_video_ids else [])))
+    # the players: validation holds groups out (checked above: val_fraction needs them), retrieval excludes them
+    fields = [cfg.frames, "label", *(["group"] if has_groups else ["video_id"] if has_video_ids else [])]
     train = load_split(index, "train", fields)
     test = load_split(index, "test", [cfg.frames, "label"])
     cond = load_features(features_dir, "train")
