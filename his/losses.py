@@ -18,6 +18,10 @@ OBJECTIVES = ("gan-cls", "wgan", "wgan-gp", "hinge")
 Critic = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the message is one line naming the step and the term."""
+
+
 def gradient_penalty(
     critic: Critic,
     real: torch.Tensor,

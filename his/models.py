@@ -303,6 +303,85 @@ class RetrievalGenerator(nn.Module):
         return torch.tanh(self.to_rgb(torch.relu(self.out_norm(x))))
 
 
+class ImageEncoder(nn.Module):
+    """64x64 image -> a unit vector of embed_dim: the stem and DownBlocks of RetrievalGenerator's encoder
+    (64 -> 4 px at the decoder's widths), then one linear layer. The image embedding space of the two-stage
+    method, in which a picture is described without any sound."""
+
+    def __init__(self, ngf: int, embed_dim: int) -> None:
+        super().__init__()
+        widths = [ngf * w for w in DECODER_WIDTHS]
+        self.stem = nn.Conv2d(3, ngf, 3, padding=1)
+        self.down = nn.Sequential(*(DownBlock(a, b) for a, b in zip(widths[:0:-1], widths[-2::-1])))  # 32 .. 4 px
+        self.out = nn.Linear(widths[0] * 16, embed_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h = self.down(nn.functional.leaky_relu(self.stem(image), SLOPE))
+        return nn.functional.normalize(self.out(h.flatten(1)), dim=1)
+
+
+class InstanceGenerator(nn.Module):
+    """Stage one of the two-stage method (after Sound2Scene, Sung-Bin et al. 2023): the drawing, learned without
+    sound from every training frame and the PPMI images. An ImageEncoder maps an instance image to its embedding
+    h, and ResNetGenerator's decoder draws from z and h (h in every block's conditional batch norm), as IC-GAN's
+    generator draws an instance's neighbourhood (Casanova et al. 2021). `generator(z, image)` draws from the
+    image's embedding; `draw(z, h)` from an embedding given directly, which is how stage two calls it with the
+    embedding a sound predicts (TwoStageGenerator)."""
+
+    residual = True
+
+    def __init__(self, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128, embed_dim: int = 128) -> None:
+        super().__init__()
+        self.cond_dim, self.z_dim, self.embed_dim = 0, z_dim, embed_dim  # it hears no sound
+        self.encoder = ImageEncoder(ngf, embed_dim)
+        self.decoder = ResNetGenerator(cond_dim=embed_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)
+        _init_generator(self)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        return self.encoder(image)
+
+    def draw(self, z: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, embedding)
+
+    def forward(self, z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, self.encoder(image))
+
+
+class SoundToEmbedding(nn.Module):
+    """Stage two's head: standardised sound features -> the image embedding space (a unit vector), an MLP with
+    one hidden layer, trained with regression and InfoNCE against the embeddings of the clips' own frames."""
+
+    def __init__(self, cond_dim: int, embed_dim: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.LeakyReLU(SLOPE), nn.Linear(hidden, embed_dim))
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(cond), dim=1)
+
+
+class TwoStageGenerator(nn.Module):
+    """The two-stage method's sound -> image: sound -> SoundToEmbedding -> h -> InstanceGenerator's decoder (frozen
+    from stage one) with noise z. Called like every other generator, `generator(z, cond)`; its `decoder.*` weights
+    are stage one's, so `load_decoder` takes them from an InstanceGenerator's state dict."""
+
+    residual = True
+
+    def __init__(self, cond_dim: int = 1024, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128,
+                 embed_dim: int = 128) -> None:
+        super().__init__()
+        self.cond_dim, self.z_dim, self.embed_dim = cond_dim, z_dim, embed_dim
+        self.head = SoundToEmbedding(cond_dim, embed_dim)
+        self.decoder = ResNetGenerator(cond_dim=embed_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)
+        init_weights(self.head)
+
+    def load_decoder(self, instance_state: dict[str, torch.Tensor]) -> None:
+        self.decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in instance_state.items()
+                                      if k.startswith("decoder.")})
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, self.head(cond.float()).to(z.dtype))
+
+
 class Critic(nn.Module):
     """Fig 4c. Returns one score per image: a logit for GAN-CLS, the critic value f(x, c) for the WGANs."""
 
@@ -489,18 +568,25 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-GENERATORS = ("simple", "residual", "resnet", "retrieval")
-Generator = SimpleGenerator | ResNetGenerator | RetrievalGenerator
+GENERATORS = ("simple", "residual", "resnet", "retrieval", "instance", "two-stage")
+Generator = SimpleGenerator | ResNetGenerator | RetrievalGenerator | InstanceGenerator | TwoStageGenerator
 
 
-def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int, neighbours: int = 8) -> Generator:
+def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int, neighbours: int = 8,
+                    embed_dim: int = 128) -> Generator:
     """"simple" (fig 4b), "residual" (fig 4a), "resnet" (ResNetGenerator: SN-GAN/BigGAN-style, conditional BN),
-    "retrieval" (RetrievalGenerator: a U-Net over one of the `neighbours` training frames nearest by sound)."""
+    "retrieval" (RetrievalGenerator: a U-Net over one of the `neighbours` training frames nearest by sound),
+    "instance" (InstanceGenerator: the two-stage method's drawing from an image embedding; hears no sound),
+    "two-stage" (TwoStageGenerator: sound -> embedding -> that drawing)."""
     if kind == "retrieval":
         return RetrievalGenerator(cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, neighbours=neighbours)
+    if kind == "instance":
+        return InstanceGenerator(z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, embed_dim=embed_dim)
+    if kind == "two-stage":
+        return TwoStageGenerator(cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, embed_dim=embed_dim)
     classes = {"simple": SimpleGenerator, "residual": ResidualGenerator, "resnet": ResNetGenerator}
     if kind not in classes:
-        raise ValueError(f"generator must be one of {sorted([*classes, 'retrieval'])}, got {kind!r}")
+        raise ValueError(f"generator must be one of {sorted(GENERATORS)}, got {kind!r}")
     return classes[kind](cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)
 
 

@@ -51,8 +51,8 @@ from his.log import setup_logging
 from hpc.plan import plan_chain, plan_stage
 from hpc.ray_cluster import node_name, ray_head, ray_worker
 from hpc.slurm import Resources, SlurmError, SlurmUnreachable, fit_to_partition, parse_time
-from hpc.stages import (ROW, STAGE_TABLE, STAGES, LaunchError, PipelineConfig, full_chain, resolve_at_start,
-                        stage_inputs_missing, wire)
+from hpc.stages import (ROW, STAGE_TABLE, STAGES, LaunchError, PipelineConfig, check_two_stage, full_chain,
+                        resolve_at_start, stage_inputs_missing, wire)
 
 
 # ------------------------------------------------------------------------------------------- the job
@@ -341,6 +341,7 @@ def _launch(args: argparse.Namespace, hold: contextlib.ExitStack) -> tuple[list[
             gpus = torch.cuda.device_count()
         res = dataclasses.replace(res, nodes=1, gpus_per_node=gpus)
 
+    check_two_stage(cfg)
     chain = [args.stage] if args.stage else full_chain(cfg)
     if args.sweep and (args.stage is None or not ROW[args.stage].out):  # each point gets its own out dir
         raise LaunchError(f"--sweep needs one of the stages {', '.join(s.name for s in STAGE_TABLE if s.out)}")

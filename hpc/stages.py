@@ -145,6 +145,26 @@ def train_at_start(cfg: PipelineConfig) -> TrainConfig:
     return train
 
 
+def pretrain_at_start(cfg: PipelineConfig) -> PretrainConfig:
+    """Stage one of the two-stage method (generator=instance) draws from the clips' training frames too."""
+    pretrain = cfg.pretrain
+    if pretrain.generator == "instance" and not pretrain.clips:
+        pretrain = dataclasses.replace(pretrain, clips=cfg.clips)
+    return pretrain
+
+
+def check_two_stage(cfg: PipelineConfig) -> None:
+    """The two-stage method is both halves or neither: pretrain generator=instance (stage one, on images= and the
+    clips' frames) and train generator=two-stage (stage two, warm-started from it)."""
+    instance, two_stage = cfg.pretrain.generator == "instance", cfg.train.generator == "two-stage"
+    if two_stage and not cfg.train.init_from and not (cfg.images and instance):
+        raise LaunchError("train: generator=two-stage draws with stage one: set images= and pretrain.generator=instance "
+                          "(or train.init_from= a stage-one checkpoint)")
+    if instance and cfg.images and not two_stage:
+        raise LaunchError("pretrain: generator=instance is stage one of the two-stage method: set "
+                          "train.generator=two-stage too")
+
+
 FINETUNED = "soundnet_finetuned.pt"
 
 # In chain order: every stage comes after the stages it reads from.
@@ -161,7 +181,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
           done=features_done),
     Stage("pretrain", his.train.run, "ddp",
           inputs=(Input("images", "images"),),
-          out="pretrain", outputs=("summary.json",), resolve=resolve, resumable=RESUMABLE),
+          out="pretrain", outputs=("summary.json",), at_start=pretrain_at_start, resolve=resolve, resumable=RESUMABLE),
     Stage("train", his.train.run, "ddp",
           inputs=(Input("clips", "clips"), Input("features", "features", at_start=True),
                   Input("init_from", "pretrain", at_start=True, required=False)),

@@ -41,14 +41,15 @@ class GANConfig:
 
     out: str = "runs/his"
     objective: str = "wgan-gp"  # gan-cls | wgan | wgan-gp | hinge
-    generator: str | None = None  # simple (fig 4b) | residual (fig 4a) | resnet (SN-GAN/BigGAN blocks, conditional BN) | retrieval (a U-Net over a training frame looked up by sound)
+    generator: str | None = None  # simple (fig 4b) | residual (fig 4a) | resnet (SN-GAN/BigGAN blocks, conditional BN) | retrieval (a U-Net over a training frame looked up by sound) | instance (pretrain: the two-stage drawing from an image embedding) | two-stage (train: sound -> that embedding -> the drawing, his.train.align)
     critic: str | None = None  # concat (fig 4c) | projection (Miyato & Koyama 2018)
     critic_norm: str | None = None  # batch | layer | none
     critic_pool: str = "sum"  # projection critic: sum (global sum pooling, as published) | flatten (keeps the 4x4 positions)
     spectral_norm: bool | None = None
     diffaugment: str | None = None  # DiffAugment policy for the critic's inputs, e.g. "translation,cutout"; "" = none
     ema_decay: float | None = None  # > 0: keep an exponential moving average of G, used for samples and evaluation
-    neighbours: int = 8  # generator=retrieval: it draws from one of the training frames of the nearest sounds
+    neighbours: int = 8  # generator=retrieval: it draws from one of the training frames of the nearest sounds; instance: the critic's real image is one of the instance's nearest in the batch (IC-GAN's neighbourhood)
+    embed_dim: int = 128  # generator=instance / two-stage: the size of the image embedding the drawing is conditioned on
     l1_weight: float = 0.0  # > 0: pix2pix's L1 term (Isola et al. 2017) from G's image to the sound's own frame
     class_weight: float = 0.0  # > 0: AC-GAN's auxiliary classifier on the critic (Odena et al. 2017), G drawn to be read as the clip's class
     ngf: int = 64
@@ -103,6 +104,7 @@ class PretrainConfig(GANConfig):
     out: str = "runs/pretrain"
     objective: str = "wgan"
     images: str = ""  # image set dir (index.h5) or file
+    clips: str = ""  # generator=instance: a clip set whose train-split frames join the images (no sounds are read)
 
 
 @dataclass
@@ -123,6 +125,11 @@ class TrainConfig(GANConfig):
     val_every: int = 100  # generator steps between validation accuracies (TensorBoard val/, checkpoints/best.pt)
     val_images: int = 4  # images per validation sound
     val_classifier_steps: int = 3000  # training steps of the frame classifier that reads them (his.eval's recipe)
+    # generator=two-stage (his.train.align): init_from is stage one (pretrain with generator=instance); max_steps
+    # head updates of Adam at head_lr on regression + infonce_weight x InfoNCE at infonce_temperature
+    head_lr: float = 1e-3
+    infonce_weight: float = 1.0
+    infonce_temperature: float = 0.1
 
 
 def _policy_ok(policy: str) -> bool:
@@ -170,8 +177,11 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("class_weight", cfg.class_weight >= 0, ">= 0"),
         ("class_weight", cfg.class_weight == 0 or (cfg.critic == "projection" and isinstance(cfg, TrainConfig)),
          "0 unless critic=projection and a conditional run (the auxiliary classifier reads the clip's class)"),
-        ("generator", cfg.generator != "retrieval" or isinstance(cfg, TrainConfig),
-         "another generator for pretraining (retrieval looks training frames up by sound)"),
+        ("generator", cfg.generator not in ("retrieval", "two-stage") or isinstance(cfg, TrainConfig),
+         "another generator for pretraining (retrieval and two-stage draw from sounds)"),
+        ("generator", cfg.generator != "instance" or isinstance(cfg, PretrainConfig),
+         "another generator for a sound-conditioned run (instance is stage one of two-stage: pretrain generator=instance)"),
+        ("embed_dim", cfg.embed_dim > 0, "> 0"),
         ("alpha", cfg.alpha >= 0, ">= 0"),
         ("wrong_sounds", cfg.wrong_sounds in WRONG_SOUNDS, " | ".join(WRONG_SOUNDS)),
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),
@@ -199,7 +209,13 @@ def resolve(cfg: GANConfig) -> GANConfig:
             ("val_every", cfg.val_every > 0, "> 0"),
             ("val_images", cfg.val_images > 0, "> 0"),
             ("val_classifier_steps", cfg.val_classifier_steps > 0, "> 0"),
+            ("head_lr", cfg.head_lr > 0, "> 0"),
+            ("infonce_weight", cfg.infonce_weight >= 0, ">= 0"),
+            ("infonce_temperature", cfg.infonce_temperature > 0, "> 0"),
+            ("max_steps", cfg.generator != "two-stage" or cfg.max_steps > 0, "> 0 for generator=two-stage (head updates)"),
         ]
+    if isinstance(cfg, PretrainConfig):
+        checks.append(("clips", not cfg.clips or cfg.generator == "instance", "empty unless generator=instance"))
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"config: {name}={getattr(cfg, name)!r} must be {want}")

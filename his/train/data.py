@@ -62,9 +62,18 @@ def _h5(path: str, name: str, field_name: str) -> Path:
 
 
 def load_images(cfg: PretrainConfig) -> TrainingData:
+    """The image set's images; with `clips` (stage one of the two-stage method) every train-split frame of that
+    clip set too, and four fixed frames of it for the sample grid (drawn from their own embedding)."""
     with open_set(_h5(cfg.images, "index.h5", "images"), "images") as f:
         frames = f["image"][()]
-    return TrainingData(frames=frames, cond=None, labels=None)
+    if not cfg.clips:
+        return TrainingData(frames=frames, cond=None, labels=None)
+    clip_frames = load_split(_h5(cfg.clips, "index.h5", "clips"), "train", ["frame64"])["frame64"]
+    if len(clip_frames) == 0:
+        raise ConfigError(f"config: clips={cfg.clips!r} has no train-split frames")
+    shown = np.linspace(0, len(clip_frames) - 1, 4).astype(np.int64)
+    return TrainingData(frames=np.concatenate([centre_crop(clip_frames), centre_crop(frames)]), cond=None, labels=None,
+                        sample_frames=clip_frames[shown])
 
 
 def load_clips(cfg: TrainConfig) -> TrainingData:

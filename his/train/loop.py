@@ -25,29 +25,25 @@ from torch.utils.tensorboard import SummaryWriter
 
 from his.augment import augmented
 from his.config import ConfigError, config_changes, config_to_dict, describe_changes, save_config
-from his.constants import SAMPLE_RATE
 from his.distributed import Distributed, setup_distributed
 from his.frames import centre_crop, to_images
-from his.grid import make_grid, save_grid
 from his.hparams import log_hparams
 from his.io import write_json
-from his.losses import clip_weights, critic_loss, critic_steps, generator_loss
+from his.losses import NonFiniteLoss, clip_weights, critic_loss, critic_steps, generator_loss
 from his.models import (
-    Critic, Generator, ProjectionCritic, RetrievalGenerator, build_critic, build_generator,
+    Critic, Generator, InstanceGenerator, ProjectionCritic, RetrievalGenerator, build_critic, build_generator,
 )
 from his.train.checkpoint import (
     hold_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state,
     step_generator, warm_start, weights_digest,
 )
 from his.train.config import LR_SCALING, RESUMABLE, GANConfig, TrainConfig, rank_batch, resolve
+from his.train.align import train_alignment
 from his.train.data import Batches, TrainingData, WrongSounds, load_clips, load_images, make_batch
-from his.train.validation import ValidationAccuracy
+from his.train.samples import log_samples
+from his.train.validation import validation_for
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or inf; the message is one line naming the step and the term."""
 
 
 class StopRequest:
@@ -115,13 +111,15 @@ def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device, n_classes: in
     """The networks, optimisers and EMA of `cfg`; a retrieval generator gets `data`'s training rows as its gallery
     (before the EMA copies it)."""
     torch.manual_seed(cfg.seed)
-    generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim, cfg.neighbours).to(device)
+    generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim, cfg.neighbours,
+                                cfg.embed_dim).to(device)
     if isinstance(generator, RetrievalGenerator):
         generator.set_gallery(to_images(centre_crop(data.frames)), torch.from_numpy(data.cond),
                               torch.from_numpy(data.groups))
+    critic_cond_dim = cfg.embed_dim if isinstance(generator, InstanceGenerator) else cond_dim  # IC-GAN: D reads h
     proj_dim = cfg.proj_dim if cfg.critic == "concat" else None  # projection: one linear embedding, as published
     aux_classes = data.n_classes if cfg.class_weight > 0 else 0
-    critic = build_critic(cfg.critic, cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm,
+    critic = build_critic(cfg.critic, critic_cond_dim, cfg.ndf, proj_dim, cfg.critic_norm, cfg.spectral_norm,
                           cfg.critic_pool, n_classes, aux_classes).to(device)
     if cfg.channels_last:
         generator, critic = generator.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
@@ -222,13 +220,16 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
         # a retrieval generator never draws a row from a frame of its own player (a held-out sound's never is)
         own = {"exclude_groups": torch.from_numpy(data.groups[rows]).to(device)} \
             if isinstance(gan.generator, RetrievalGenerator) else {}
+        critic_real = real
+        if isinstance(gan.generator, InstanceGenerator):
+            cond, critic_cond, critic_real = instance_batch(gan.generator, real, cfg.neighbours, rng)
         meter.batch(real.shape[0], time.perf_counter() - t0)
         z = torch.randn(real.shape[0], cfg.z_dim, generator=rng).to(device)
         gp_eps = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(device)
         with torch.no_grad(), autocast():
             fake = gan.generate(z, cond, **own).to(real.dtype)  # one input dtype for the critic (no compile re-tracing)
         with autocast():  # DiffAugment on real, fake and mismatched inputs alike; the penalty sees them plain
-            loss_d, terms_d = critic_loss(cfg.objective, augmented(gan.criticise, cfg.diffaugment, rng), real, fake,
+            loss_d, terms_d = critic_loss(cfg.objective, augmented(gan.criticise, cfg.diffaugment, rng), critic_real, fake,
                                           critic_cond, wrong_cond, cfg.alpha, cfg.gp_lambda, gp_critic=gan.criticise_for_gp,
                                           gp_eps=gp_eps)
         if cfg.class_weight > 0:  # AC-GAN: the critic learns the class from real frames only
@@ -272,6 +273,21 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     return StepResult({**terms_d, **terms_g}, n_d, grad_norms)
 
 
+@torch.no_grad()
+def instance_batch(generator: InstanceGenerator, real: torch.Tensor, neighbours: int,
+                   rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage one of the two-stage method, IC-GAN's pairs (Casanova et al. 2021): G draws from each image's
+    embedding h_i (the image is its condition), and the critic reads h_i beside a real image from the
+    instance's neighbourhood, one of its `neighbours` nearest in the batch by h (itself among them), so that G
+    learns the neighbourhood rather than the one image. h is detached: the critic does not shape the encoder.
+    Returns (G's condition, the critic's condition, the critic's real images)."""
+    h = generator.embed(real).float()
+    k = min(neighbours, len(h))
+    nearest = torch.cdist(h, h).topk(k, dim=1, largest=False).indices
+    pick = torch.randint(0, k, (len(h),), generator=rng).to(h.device)
+    return real, h.to(real.dtype), real[nearest[torch.arange(len(h), device=h.device), pick]]
+
+
 def learning_rate(cfg: GANConfig, epoch: int, global_batch: int | None = None) -> float:
     """The report's schedule: cfg.lr halved every `lr_halve_every` epochs (0: constant), scaled to the global
     batch by cfg.lr_scaling (none by default)."""
@@ -295,6 +311,8 @@ def run(cfg: GANConfig, should_stop: Callable[[], bool] | None = None) -> dict[s
         dd = setup_distributed(cfg.device)
         stop = StopRequest(cfg.stop_signals, should_stop)
         try:
+            if cfg.generator == "two-stage":  # stage two trains a head, not a GAN
+                return train_alignment(cfg, data, dd, stop)
             return _train(cfg, data, dd, stop)
         finally:
             stop.restore()
@@ -362,13 +380,10 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
         for name, lists in warm_report.items():
             writer.add_text(f"warm_start/{name}", "\n\n".join(f"**{k}**: {', '.join(v) or '-'}" for k, v in lists.items()), 0)
-    sample_noise = torch.randn(16 if conditional else 64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    sample_noise = torch.randn(64 if data.sample_frames is None else 16, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
-    validation = None
-    if dd.is_main and data.validation is not None:
-        cache = Path(cfg.clips) / "eval-cache" if Path(cfg.clips).is_dir() else Path(cfg.clips).parent / "eval-cache"
-        validation = ValidationAccuracy(data.validation, cfg.z_dim, cfg.val_images, cfg.seed, device, cache,
-                                        cfg.val_classifier_steps)
+    validation = validation_for(cfg, data, device) if dd.is_main else None
+    if validation is not None:
         writer.add_scalar("val/ceiling", validation.ceiling, step)
 
     def state() -> dict[str, Any]:
@@ -398,7 +413,8 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     total = cfg.max_steps if cfg.max_steps > 0 else None
     status, terms, ckpt_path, first_step = "completed", {}, None, step
     meter = Throughput(world)
-    say(f"training {cfg.objective} ({'conditional' if conditional else 'unconditional'}) on {device}, "
+    kind = "conditional" if conditional else "on image embeddings" if cfg.generator == "instance" else "unconditional"
+    say(f"training {cfg.objective} ({kind}) on {device}, "
         f"{world} rank(s), global batch {global_batch} ({per_rank} per rank), {len(data.frames)} images, "
         f"{batches.per_epoch} updates/epoch, from step {step}")
     while (total is not None and step < total) or (total is None and batches.epoch < cfg.epochs):
@@ -428,7 +444,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
                 torch.cuda.synchronize(device)
             _log_step(writer, step, terms, lr, result, meter.interval(), batches.epoch)
         if dd.is_main and (step % cfg.sample_every == 0 or step == 1):
-            _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
+            log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
         if validation is not None and step % cfg.val_every == 0:
             validate()
         if dd.is_main and step % cfg.hist_every == 0:
@@ -459,7 +475,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
                **({"best": best, "val_ceiling": validation.ceiling} if validation else {}), **throughput,
                "weights_sha256": weights_digest(gan.generator, gan.critic, *([gan.ema] if gan.ema else []))}
     if dd.is_main:
-        _log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
+        log_samples(writer, gan.sampler, data, sample_noise, device, run_dir, step)
         for k, v in last_terms.items():
             writer.add_scalar(f"final/{k}", v, step)
         log_hparams(writer, config_to_dict(cfg))  # his.eval fills its eval/ columns
@@ -481,25 +497,3 @@ def _log_step(writer: SummaryWriter, step: int, terms: dict[str, torch.Tensor], 
         writer.add_scalar(f"perf/{name}", value, step)
     writer.add_scalar("perf/critic_steps", result.critic_steps, step)
     writer.add_scalar("epoch", epoch, step)
-
-
-@torch.no_grad()
-def _log_samples(writer: SummaryWriter, generator: Generator, data: TrainingData, noise: torch.Tensor,
-                 device: torch.device, run_dir: Path, step: int) -> None:
-    """16 images for each fixed held-out sound beside its real frame (conditional), or 64 (unconditional); the
-    sounds too (the audio dashboard), one per row of the grid."""
-    generator.eval()
-    if data.sample_cond is not None:
-        n = len(data.sample_cond)
-        cond = torch.from_numpy(data.sample_cond).to(device).repeat_interleave(len(noise), dim=0)
-        fake = generator(noise.repeat(n, 1).to(device), cond).float().cpu().view(n, len(noise), 3, 64, 64)
-        truth = to_images(centre_crop(data.sample_frames))[:, None]
-        images, nrow = torch.cat([fake, truth], dim=1).flatten(0, 1), len(noise) + 1
-    else:
-        images, nrow = generator(noise.to(device)).float().cpu(), 8
-    generator.train()
-    writer.add_image("samples", make_grid(images, nrow), step)
-    for row, pcm in enumerate(data.sample_audio if data.sample_audio is not None else []):
-        writer.add_audio(f"samples/sound_of_row_{row}", torch.from_numpy(pcm / 32768).float()[None], step,
-                         sample_rate=SAMPLE_RATE)
-    save_grid(images, run_dir / "samples" / "latest.png", nrow)

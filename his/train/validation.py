@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ from torch import nn
 
 from his.frame_classifier import CLASSIFIER_TRAINING, run_net, train_classifier
 from his.sampling import generate_samples
-from his.train.data import Validation
+from his.train.config import TrainConfig
+from his.train.data import TrainingData, Validation
 
 
 class ValidationAccuracy:
@@ -43,3 +45,12 @@ class ValidationAccuracy:
         generator.train(was_training)
         logits, _ = run_net(self.classifier, samples.reshape(-1, *samples.shape[2:]), device=self.device)
         return float((logits.argmax(1) == np.repeat(self.validation.labels, self.k)).mean())
+
+
+def validation_for(cfg: TrainConfig, data: TrainingData, device: torch.device) -> ValidationAccuracy | None:
+    """The run's validation reader, when it holds groups out (val_fraction), its classifier cached beside the clips."""
+    if data.validation is None:
+        return None
+    clips = Path(cfg.clips)
+    return ValidationAccuracy(data.validation, cfg.z_dim, cfg.val_images, cfg.seed, device,
+                              (clips if clips.is_dir() else clips.parent) / "eval-cache", cfg.val_classifier_steps)
