@@ -11,8 +11,9 @@ trains from scratch with the same widths, batch and generator steps (beyond its 
 the report's three objectives with the report's generator and critic; hinge is the previous demo's recipe, the
 ResNet generator with DiffAugment and an EMA; hinge-simple-g hinge with the report's generator; hinge-labels hinge
 whose critic also projects on the class; hinge-l1-ac hinge with pix2pix's L1 and AC-GAN's class head;
-retrieval-g the retrieval-augmented generator alone, retrieval-g-l1 with the L1 term), and his.eval scores the
-checkpoint chosen on validation groups. key=value overrides apply to every variant.
+retrieval-g the retrieval-augmented generator alone, retrieval-g-l1 with the L1 term; two-stage the method after
+Sound2Scene, stage one for --steps on the cell's images and training frames, then 500 head updates), and his.eval
+scores the checkpoint chosen on validation groups. key=value overrides apply to every variant (its train stage).
 
 Each data set is labelled with its real-frame ceiling and its sound-limited ceiling (real frames of the class a
 linear probe hears in the sound: what a generator that hears only the sound can reach).
@@ -44,7 +45,7 @@ from his.eval.report import format_interval
 from his.eval.stage import EvalConfig, run as evaluate
 from his.io import write_json
 from his.synth import ALL_CLASSES
-from his.train import TrainConfig, run as train
+from his.train import PretrainConfig, TrainConfig, run as train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_SETS = {3: ("PlayingCello", "PlayingDhol", "PlayingSitar"), 10: ALL_CLASSES}
@@ -56,9 +57,13 @@ RECIPES = {  # per variant, beyond its objective's OBJECTIVE_DEFAULTS (hinge's: 
     "hinge-l1-ac": ["objective=hinge", "l1_weight=10", "class_weight=1"],
     "retrieval-g": ["objective=hinge", "generator=retrieval"],
     "retrieval-g-l1": ["objective=hinge", "generator=retrieval", "l1_weight=10"],
+    "two-stage": ["generator=two-stage", "z_dim=32", "max_steps=500"],  # 500 head updates, after STAGE_ONE
 }
-BUDGET = ["ngf=16", "ndf=16", "batch_size=32", "log_every=20", "sample_every=100000", "ckpt_every=200",
-          "val_fraction=0.2", "val_every=50"]
+# The two-stage method's stage one (pretrain generator=instance on the cell's PPMI images and training frames),
+# trained for the variant's generator steps before its head; configs/two_stage.toml's recipe.
+STAGE_ONE = {"two-stage": ["objective=hinge", "generator=instance", "l1_weight=10", "neighbours=8", "z_dim=32"]}
+GAN_BUDGET = ["ngf=16", "ndf=16", "batch_size=32", "log_every=20", "sample_every=100000", "ckpt_every=200"]
+BUDGET = [*GAN_BUDGET, "val_fraction=0.2", "val_every=50"]
 COLUMNS = [("conditional_accuracy", "cond. acc."), ("of_ceiling", "of ceiling"), ("of_heard", "of sound-limited"),
            ("shuffled_accuracy", "shuffled"), ("class_r1", "class R@1"), ("intra_fid", "intra-FID"),
            ("intra_fid_real", "intra-FID real"), ("nearest_train_ratio", "nearest train / real"),
@@ -129,12 +134,18 @@ def compare_data_set(out: Path, rooms: str, n_classes: int, variants: list[str],
     features = newest_features(cell / "clips")
     for variant in variants:
         run_dir = cell / variant
-        cfg = load_config(TrainConfig, None, [f"clips={cell / 'clips'}", f"features={features}", f"out={run_dir}",
-                                              f"max_steps={steps}",
-                                              f"seed={seed}", *BUDGET, *RECIPES[variant], *overrides])
         timing = run_dir / "compare_train_s.json"  # a rerun finds the run complete: keep its first timing
+        started = time.monotonic()
+        stage_one = []
+        if variant in STAGE_ONE:
+            scene = load_config(PretrainConfig, None, [f"images={cell / 'images'}", f"clips={cell / 'clips'}",
+                                                       f"out={cell / (variant + '-stage-one')}", f"max_steps={steps}",
+                                                       f"seed={seed}", *GAN_BUDGET, *STAGE_ONE[variant]])
+            stage_one = [f"init_from={train(scene)['checkpoint']}"]  # a finished run only says where it ended
+        cfg = load_config(TrainConfig, None, [f"clips={cell / 'clips'}", f"features={features}", f"out={run_dir}",
+                                              f"max_steps={steps}", f"seed={seed}", *BUDGET, *RECIPES[variant],
+                                              *stage_one, *overrides])
         if not timing.is_file():
-            started = time.monotonic()
             train(cfg)
             write_json(timing, {"train_s": round(time.monotonic() - started, 1)})
         rows += row_of(variant, run_dir, json.loads(timing.read_text())["train_s"])

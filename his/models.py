@@ -341,10 +341,17 @@ class InstanceGenerator(nn.Module):
         return self.encoder(image)
 
     def draw(self, z: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z, embedding)
+        return draw_from_embedding(self.decoder, z, embedding)
 
     def forward(self, z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z, self.encoder(image))
+        return self.draw(z, self.encoder(image))
+
+
+def draw_from_embedding(decoder: "ResNetGenerator", z: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """The decoder reads a unit embedding scaled by sqrt(embed_dim), entries of unit variance as z's: at its
+    unit length the embedding would reach the decoder some fifty times weaker than the noise, which it then
+    learns to ignore."""
+    return decoder(z, embedding * embedding.shape[1] ** 0.5)
 
 
 class SoundToEmbedding(nn.Module):
@@ -379,7 +386,7 @@ class TwoStageGenerator(nn.Module):
                                       if k.startswith("decoder.")})
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z, self.head(cond.float()).to(z.dtype))
+        return draw_from_embedding(self.decoder, z, self.head(cond.float()).to(z.dtype))
 
 
 class Critic(nn.Module):

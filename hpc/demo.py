@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     step("preprocess", ["-m", "hpc.preprocess", "--videos", str(data / "UCF-101"), "--splits",
                         str(data / "ucfTrainTestlist"), "--classes", args.classes, "--out", str(clips)], timings)
     step("images", ["-m", "his.data.images", "--src", str(data / "PPMI"), "--out", str(images)], timings)
+    with open(args.config, "rb") as f:  # the two-stage method's stage one learns from the images too
+        two_stage = tomllib.load(f).get("pretrain", {}).get("generator") == "instance"
     step("pipeline", ["-m", "hpc.launch", "--local", "--run-dir", str(run), "--config", args.config,
-                      f"clips={clips}", *([f"images={images}"] if args.warm_start else []), *args.overrides], timings)
+                      f"clips={clips}", *([f"images={images}"] if args.warm_start or two_stage else []),
+                      *args.overrides], timings)
 
     total = time.monotonic() - started
     print("\n==> results")
