@@ -143,3 +143,12 @@ def clip_weights(critic: nn.Module, clip: float) -> None:
     """WGAN's crude Lipschitz constraint: every critic parameter into [-clip, clip]."""
     for p in critic.parameters():
         p.clamp_(-clip, clip)
+
+
+def infonce(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE (van den Oord et al. 2018; as CLIP, Radford et al. 2021) over a batch of unit vectors:
+    row i of `pred` and of `target` are the positive pair, every other row of the batch a negative; the mean of
+    the two directions' cross-entropies."""
+    logits = pred @ target.T / temperature
+    labels = torch.arange(len(pred), device=pred.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

@@ -305,28 +305,56 @@ class RetrievalGenerator(nn.Module):
 
 class ImageEncoder(nn.Module):
     """64x64 image -> a unit vector of embed_dim: the stem and DownBlocks of RetrievalGenerator's encoder
-    (64 -> 4 px at the decoder's widths), then one linear layer. The image embedding space of the two-stage
-    method, in which a picture is described without any sound."""
+    (64 -> 4 px at the decoder's widths), then a 1x1 convolution to embed_dim / 16 channels, flattened: the
+    image embedding space of the two-stage method, in which a picture is described without any sound. It is a
+    4x4 map read as one vector, so it keeps where things are, which the decoder draws from directly."""
 
     def __init__(self, ngf: int, embed_dim: int) -> None:
         super().__init__()
+        if embed_dim % 16:
+            raise ValueError(f"embed_dim must be a multiple of 16 (a 4x4 map), got {embed_dim}")
         widths = [ngf * w for w in DECODER_WIDTHS]
         self.stem = nn.Conv2d(3, ngf, 3, padding=1)
         self.down = nn.Sequential(*(DownBlock(a, b) for a, b in zip(widths[:0:-1], widths[-2::-1])))  # 32 .. 4 px
-        self.out = nn.Linear(widths[0] * 16, embed_dim)
+        self.out = nn.Conv2d(widths[0], embed_dim // 16, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h = self.down(nn.functional.leaky_relu(self.stem(image), SLOPE))
-        return nn.functional.normalize(self.out(h.flatten(1)), dim=1)
+        return nn.functional.normalize(self.out(h).flatten(1), dim=1)
+
+
+class EmbeddingDecoder(nn.Module):
+    """Draws from noise z and an ImageEncoder embedding h: ResNetGenerator's decoder whose 4x4 input is h read
+    back as its map (a 1x1 convolution up to the decoder's width) plus a linear map of z and the projected h,
+    which also enter every block's conditional batch norm: RetrievalGenerator's bottleneck, without the skips
+    that a sound could not predict. h is scaled by sqrt(embed_dim), entries of unit variance as z's: at unit
+    length it would reach the decoder far weaker than the noise, which it would then learn to ignore."""
+
+    def __init__(self, z_dim: int, ngf: int, proj_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.ngf, self.embed_dim = ngf, embed_dim
+        self.project = ConditionProjection(embed_dim, proj_dim)
+        emb = proj_dim + z_dim
+        self.lift = nn.Conv2d(embed_dim // 16, ngf * 8, 1)
+        self.input = nn.Linear(emb, ngf * 8 * 16)
+        self.blocks, self.out_norm, self.to_rgb = _resnet_decoder(ngf, emb)
+        _init_generator(self)
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        h = h * self.embed_dim**0.5
+        emb = torch.cat([self.project(h), z], dim=1)
+        x = self.lift(h.view(-1, self.embed_dim // 16, 4, 4)) + self.input(emb).view(-1, self.ngf * 8, 4, 4)
+        for block in self.blocks:
+            x = block(x, emb)
+        return torch.tanh(self.to_rgb(torch.relu(self.out_norm(x))))
 
 
 class InstanceGenerator(nn.Module):
     """Stage one of the two-stage method (after Sound2Scene, Sung-Bin et al. 2023): the drawing, learned without
     sound from every training frame and the PPMI images. An ImageEncoder maps an instance image to its embedding
-    h, and ResNetGenerator's decoder draws from z and h (h in every block's conditional batch norm), as IC-GAN's
-    generator draws an instance's neighbourhood (Casanova et al. 2021). `generator(z, image)` draws from the
-    image's embedding; `draw(z, h)` from an embedding given directly, which is how stage two calls it with the
-    embedding a sound predicts (TwoStageGenerator)."""
+    h, and an EmbeddingDecoder draws from z and h, as IC-GAN's generator draws an instance's neighbourhood
+    (Casanova et al. 2021). `generator(z, image)` draws from the image's embedding; stage two calls the decoder
+    with the embedding a sound predicts (TwoStageGenerator)."""
 
     residual = True
 
@@ -334,24 +362,14 @@ class InstanceGenerator(nn.Module):
         super().__init__()
         self.cond_dim, self.z_dim, self.embed_dim = 0, z_dim, embed_dim  # it hears no sound
         self.encoder = ImageEncoder(ngf, embed_dim)
-        self.decoder = ResNetGenerator(cond_dim=embed_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)
-        _init_generator(self)
+        self.decoder = EmbeddingDecoder(z_dim, ngf, proj_dim, embed_dim)
+        init_weights(self.encoder)
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         return self.encoder(image)
 
-    def draw(self, z: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return draw_from_embedding(self.decoder, z, embedding)
-
     def forward(self, z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.draw(z, self.encoder(image))
-
-
-def draw_from_embedding(decoder: "ResNetGenerator", z: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-    """The decoder reads a unit embedding scaled by sqrt(embed_dim), entries of unit variance as z's: at its
-    unit length the embedding would reach the decoder some fifty times weaker than the noise, which it then
-    learns to ignore."""
-    return decoder(z, embedding * embedding.shape[1] ** 0.5)
+        return self.decoder(z, self.encoder(image))
 
 
 class SoundToEmbedding(nn.Module):
@@ -367,9 +385,8 @@ class SoundToEmbedding(nn.Module):
 
 
 class TwoStageGenerator(nn.Module):
-    """The two-stage method's sound -> image: sound -> SoundToEmbedding -> h -> InstanceGenerator's decoder (frozen
-    from stage one) with noise z. Called like every other generator, `generator(z, cond)`; its `decoder.*` weights
-    are stage one's, so `load_decoder` takes them from an InstanceGenerator's state dict."""
+    """The two-stage method's sound -> image: sound -> SoundToEmbedding -> h -> stage one's EmbeddingDecoder
+    (frozen) with noise z. Called like every other generator, `generator(z, cond)`."""
 
     residual = True
 
@@ -378,15 +395,11 @@ class TwoStageGenerator(nn.Module):
         super().__init__()
         self.cond_dim, self.z_dim, self.embed_dim = cond_dim, z_dim, embed_dim
         self.head = SoundToEmbedding(cond_dim, embed_dim)
-        self.decoder = ResNetGenerator(cond_dim=embed_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim)
+        self.decoder = EmbeddingDecoder(z_dim, ngf, proj_dim, embed_dim)
         init_weights(self.head)
 
-    def load_decoder(self, instance_state: dict[str, torch.Tensor]) -> None:
-        self.decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in instance_state.items()
-                                      if k.startswith("decoder.")})
-
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return draw_from_embedding(self.decoder, z, self.head(cond.float()).to(z.dtype))
+        return self.decoder(z, self.head(cond.float()).to(z.dtype))
 
 
 class Critic(nn.Module):

@@ -31,7 +31,7 @@ from his.distributed import Distributed
 from his.frames import centre_crop, to_images
 from his.hparams import log_hparams
 from his.io import write_json
-from his.losses import NonFiniteLoss
+from his.losses import NonFiniteLoss, infonce
 from his.models import InstanceGenerator, TwoStageGenerator
 from his.train.checkpoint import (
     latest_checkpoint, load_checkpoint, rng_state, sampling_weights, save_best, save_checkpoint, set_rng_state,
@@ -44,14 +44,6 @@ from his.train.validation import validation_for
 
 log = logging.getLogger(__name__)
 SHARED_FIELDS = ("ngf", "z_dim", "proj_dim", "embed_dim")  # what stage one's networks were built with
-
-
-def infonce(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of unit vectors: row i of `pred` and of `target` are the positive pair,
-    every other row of the batch a negative; mean of the two directions' cross-entropies."""
-    logits = pred @ target.T / temperature
-    labels = torch.arange(len(pred), device=pred.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def alignment_loss(pred: torch.Tensor, target: torch.Tensor, infonce_weight: float,

@@ -50,6 +50,8 @@ class GANConfig:
     ema_decay: float | None = None  # > 0: keep an exponential moving average of G, used for samples and evaluation
     neighbours: int = 8  # generator=retrieval: it draws from one of the training frames of the nearest sounds; instance: the critic's real image is one of the instance's nearest in the batch (IC-GAN's neighbourhood)
     embed_dim: int = 128  # generator=instance / two-stage: the size of the image embedding the drawing is conditioned on
+    infonce_weight: float = 1.0  # instance: SimCLR's InfoNCE on the encoder (two views of each image); two-stage: sound vs frame embedding
+    infonce_temperature: float = 0.1
     l1_weight: float = 0.0  # > 0: pix2pix's L1 term (Isola et al. 2017) from G's image to the sound's own frame
     class_weight: float = 0.0  # > 0: AC-GAN's auxiliary classifier on the critic (Odena et al. 2017), G drawn to be read as the clip's class
     ngf: int = 64
@@ -128,8 +130,6 @@ class TrainConfig(GANConfig):
     # generator=two-stage (his.train.align): init_from is stage one (pretrain with generator=instance); max_steps
     # head updates of Adam at head_lr on regression + infonce_weight x InfoNCE at infonce_temperature
     head_lr: float = 1e-3
-    infonce_weight: float = 1.0
-    infonce_temperature: float = 0.1
 
 
 def _policy_ok(policy: str) -> bool:
@@ -181,7 +181,9 @@ def resolve(cfg: GANConfig) -> GANConfig:
          "another generator for pretraining (retrieval and two-stage draw from sounds)"),
         ("generator", cfg.generator != "instance" or isinstance(cfg, PretrainConfig),
          "another generator for a sound-conditioned run (instance is stage one of two-stage: pretrain generator=instance)"),
-        ("embed_dim", cfg.embed_dim > 0, "> 0"),
+        ("embed_dim", cfg.embed_dim > 0 and cfg.embed_dim % 16 == 0, "a positive multiple of 16 (a 4x4 map)"),
+        ("infonce_weight", cfg.infonce_weight >= 0, ">= 0"),
+        ("infonce_temperature", cfg.infonce_temperature > 0, "> 0"),
         ("alpha", cfg.alpha >= 0, ">= 0"),
         ("wrong_sounds", cfg.wrong_sounds in WRONG_SOUNDS, " | ".join(WRONG_SOUNDS)),
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),
@@ -210,8 +212,6 @@ def resolve(cfg: GANConfig) -> GANConfig:
             ("val_images", cfg.val_images > 0, "> 0"),
             ("val_classifier_steps", cfg.val_classifier_steps > 0, "> 0"),
             ("head_lr", cfg.head_lr > 0, "> 0"),
-            ("infonce_weight", cfg.infonce_weight >= 0, ">= 0"),
-            ("infonce_temperature", cfg.infonce_temperature > 0, "> 0"),
             ("max_steps", cfg.generator != "two-stage" or cfg.max_steps > 0, "> 0 for generator=two-stage (head updates)"),
         ]
     if isinstance(cfg, PretrainConfig):

@@ -23,13 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
-from his.augment import augmented
+from his.augment import augmented, diff_augment
 from his.config import ConfigError, config_changes, config_to_dict, describe_changes, save_config
 from his.distributed import Distributed, setup_distributed
 from his.frames import centre_crop, to_images
 from his.hparams import log_hparams
 from his.io import write_json
-from his.losses import NonFiniteLoss, clip_weights, critic_loss, critic_steps, generator_loss
+from his.losses import NonFiniteLoss, clip_weights, critic_loss, critic_steps, generator_loss, infonce
 from his.models import (
     Critic, Generator, InstanceGenerator, ProjectionCritic, RetrievalGenerator, build_critic, build_generator,
 )
@@ -258,6 +258,13 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
                 augmented(gan.critic.classify, cfg.diffaugment, rng)(fake).float(), labels)
             loss_g = loss_g + cfg.class_weight * terms_g["class_fake"]
             terms_g["class_fake"] = terms_g["class_fake"].detach()
+        if isinstance(gan.generator, InstanceGenerator) and cfg.infonce_weight > 0:
+            # SimCLR (Chen et al. 2020): two augmented views of each image embed nearer each other than the
+            # batch's other images, so the encoder cannot collapse to one embedding the decoder may ignore
+            views = [gan.generator.embed(diff_augment(real.flip(3) if i else real, SIMCLR_VIEWS, rng)) for i in (0, 1)]
+            terms_g["infonce"] = infonce(*views, cfg.infonce_temperature)
+            loss_g = loss_g + cfg.infonce_weight * terms_g["infonce"]
+            terms_g["infonce"] = terms_g["infonce"].detach()
         if cfg.l1_weight > 0:  # pix2pix (Isola et al. 2017): the sound's own frame, pixel by pixel
             terms_g["l1"] = (fake.float() - real.float()).abs().mean()
             loss_g = loss_g + cfg.l1_weight * terms_g["l1"]
@@ -271,6 +278,9 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     if gan.ema is not None:
         gan.ema.update_parameters(gan.generator)
     return StepResult({**terms_d, **terms_g}, n_d, grad_norms)
+
+
+SIMCLR_VIEWS = "color,translation"  # the two views of stage one's contrastive term, one of them flipped
 
 
 @torch.no_grad()
@@ -361,6 +371,8 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
         data = data.with_critic_labels()
     if world > 1 and cfg.class_weight > 0:  # its classify() calls bypass DDP's forward, so gradients would not sync
         raise ConfigError("config: class_weight > 0 runs on one rank only for now (AC-GAN's head is not DDP-wrapped)")
+    if world > 1 and cfg.generator == "instance" and cfg.infonce_weight > 0:  # embed() bypasses DDP's forward too
+        raise ConfigError("config: generator=instance with infonce_weight > 0 runs on one rank only for now")
     gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device, n_classes, data)
     (step, epoch, position), warm_report, best = _restore(cfg, gan, run_dir, conditional, say, dd.is_main)
     distribute(gan, cfg, dd)
