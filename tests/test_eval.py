@@ -303,6 +303,20 @@ def test_the_classifier_batch_is_flipped_shifted_then_colour_jittered():
     assert CLASSIFIER_TRAINING.augment == "color"
 
 
+def test_the_classifier_shift_is_each_images_own_window_of_its_reflect_padded_self():
+    import torch.nn.functional as F
+
+    from his.frame_classifier import _augment
+
+    x = torch.rand(5, 3, 64, 64) * 2 - 1
+    g = torch.Generator().manual_seed(3)
+    flip = torch.rand(5, generator=g) < 0.5  # the draws _augment makes, in its order
+    dx, dy = torch.randint(0, 9, (5,), generator=g), torch.randint(0, 9, (5,), generator=g)
+    padded = F.pad(torch.where(flip[:, None, None, None], x.flip(3), x), (4, 4, 4, 4), mode="reflect")
+    expected = torch.stack([padded[i, :, dy[i] : dy[i] + 64, dx[i] : dx[i] + 64] for i in range(5)])
+    assert torch.equal(_augment(x, torch.Generator().manual_seed(3)), expected)
+
+
 def test_real_frames_as_generated_score_like_real_frames(real_results):
     overall = real_results["overall"]
     assert overall["ceiling_accuracy"] >= 0.9
