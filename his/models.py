@@ -8,6 +8,11 @@
 - `ResNetGenerator` (not in the report): the SN-GAN / BigGAN generator, residual blocks that upsample by nearest
   neighbour and a 3x3 convolution (no transposed-convolution checkerboard), the sound entering every block
   through conditional batch norm.
+- `RetrievalGenerator` (not in the report): a U-Net over a training frame looked up by sound (IC-GAN's instance
+  conditioning), the sound in every block's batch norm.
+- `InstanceGenerator`, `TwoStageGenerator` (not in the report): the two-stage method after Sound2Scene, an
+  image encoder and an `EmbeddingDecoder` drawing from its embedding (stage one, no sound), then a
+  `SoundToEmbedding` head in front of that decoder (stage two).
 - `Critic` (fig 4c): strided convolutions 64x64 -> ndf*8 x 4x4, the condition projected to proj_dim and
   replicated over 4x4, concatenated, a 1x1 and a 4x4 convolution to one scalar (a logit for GAN-CLS).
 - `ProjectionCritic` (not in the report): the projection discriminator of Miyato & Koyama (2018), the
