@@ -145,10 +145,19 @@ def clip_weights(critic: nn.Module, clip: float) -> None:
         p.clamp_(-clip, clip)
 
 
-def infonce(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+def infonce(pred: torch.Tensor, target: torch.Tensor, temperature: float,
+            labels: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (van den Oord et al. 2018; as CLIP, Radford et al. 2021) over a batch of unit vectors:
     row i of `pred` and of `target` are the positive pair, every other row of the batch a negative; the mean of
-    the two directions' cross-entropies."""
+    the two directions' cross-entropies. With `labels`, every pair of the same label is positive (the
+    probability summed over them, as in supervised contrastive learning, Khosla et al. 2020); distinct labels
+    give the plain loss."""
     logits = pred @ target.T / temperature
-    labels = torch.arange(len(pred), device=pred.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    if labels is None:
+        labels = torch.arange(len(pred), device=pred.device)
+    positive = labels[:, None] == labels[None, :]
+
+    def one_way(l: torch.Tensor) -> torch.Tensor:
+        return (l.logsumexp(dim=1) - l.masked_fill(~positive, float("-inf")).logsumexp(dim=1)).mean()
+
+    return (one_way(logits) + one_way(logits.T)) / 2

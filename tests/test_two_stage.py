@@ -49,6 +49,11 @@ def test_infonce_is_the_mean_of_both_directions_cross_entropies():
     by_sound = -(sim.diag() - torch.logsumexp(sim, dim=1)).mean()  # each sound picks its own frame out of the batch
     by_frame = -(sim.diag() - torch.logsumexp(sim, dim=0)).mean()  # each frame its own sound
     assert float(infonce(pred, target, t)) == pytest.approx(float(by_sound + by_frame) / 2, rel=1e-6)
+    assert float(infonce(pred, target, t, torch.arange(5))) == pytest.approx(float(infonce(pred, target, t)), rel=1e-6)
+    labels = torch.tensor([0, 0, 1, 1, 2])  # supervised contrastive: a class's rows are all positives
+    same = labels[:, None] == labels[None, :]
+    one_way = lambda s: -(s.masked_fill(~same, float("-inf")).logsumexp(1) - s.logsumexp(1)).mean()  # noqa: E731
+    assert float(infonce(pred, target, t, labels)) == pytest.approx(float(one_way(sim) + one_way(sim.T)) / 2, rel=1e-6)
     # perfectly aligned, well separated pairs cost almost nothing; the same pairs shuffled cost much more
     eye = torch.eye(5, 4 + 1)[:, :4]
     eye[4] = torch.nn.functional.normalize(torch.ones(4), dim=0)

@@ -52,6 +52,7 @@ class GANConfig:
     embed_dim: int = 128  # generator=instance / two-stage: the size of the image embedding the drawing is conditioned on
     infonce_weight: float = 1.0  # instance: SimCLR's InfoNCE on the encoder (two views of each image); two-stage: sound vs frame embedding
     infonce_temperature: float = 0.1
+    infonce_positives: str = "views"  # instance: views (SimCLR: an image's two views) | class (also every frame of its clip class, Khosla et al. 2020)
     l1_weight: float = 0.0  # > 0: pix2pix's L1 term (Isola et al. 2017) from G's image to the sound's own frame
     class_weight: float = 0.0  # > 0: AC-GAN's auxiliary classifier on the critic (Odena et al. 2017), G drawn to be read as the clip's class
     ngf: int = 64
@@ -184,6 +185,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("embed_dim", cfg.embed_dim > 0 and cfg.embed_dim % 16 == 0, "a positive multiple of 16 (a 4x4 map)"),
         ("infonce_weight", cfg.infonce_weight >= 0, ">= 0"),
         ("infonce_temperature", cfg.infonce_temperature > 0, "> 0"),
+        ("infonce_positives", cfg.infonce_positives in ("views", "class"), "views | class"),
         ("alpha", cfg.alpha >= 0, ">= 0"),
         ("wrong_sounds", cfg.wrong_sounds in WRONG_SOUNDS, " | ".join(WRONG_SOUNDS)),
         ("critic_norm", not (cfg.objective == "wgan-gp" and cfg.critic_norm == "batch"),
@@ -216,6 +218,8 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ]
     if isinstance(cfg, PretrainConfig):
         checks.append(("clips", not cfg.clips or cfg.generator == "instance", "empty unless generator=instance"))
+        checks.append(("infonce_positives", cfg.infonce_positives == "views" or cfg.clips,
+                       "views unless clips= gives the frames their classes"))
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"config: {name}={getattr(cfg, name)!r} must be {want}")

@@ -68,12 +68,15 @@ def load_images(cfg: PretrainConfig) -> TrainingData:
         frames = f["image"][()]
     if not cfg.clips:
         return TrainingData(frames=frames, cond=None, labels=None)
-    clip_frames = load_split(_h5(cfg.clips, "index.h5", "clips"), "train", ["frame64"])["frame64"]
+    clips = load_split(_h5(cfg.clips, "index.h5", "clips"), "train", ["frame64", "label"])
+    clip_frames = clips["frame64"]
     if len(clip_frames) == 0:
         raise ConfigError(f"config: clips={cfg.clips!r} has no train-split frames")
     shown = np.linspace(0, len(clip_frames) - 1, 4).astype(np.int64)
-    return TrainingData(frames=np.concatenate([centre_crop(clip_frames), centre_crop(frames)]), cond=None, labels=None,
-                        sample_frames=clip_frames[shown])
+    # the clip frames' classes; each image of the set is a class of its own (it has none)
+    labels = np.concatenate([clips["label"].astype(np.int64), -1 - np.arange(len(frames))])
+    return TrainingData(frames=np.concatenate([centre_crop(clip_frames), centre_crop(frames)]), cond=None,
+                        labels=labels, sample_frames=clip_frames[shown])
 
 
 def load_clips(cfg: TrainConfig) -> TrainingData:

@@ -262,7 +262,8 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
             # SimCLR (Chen et al. 2020): two augmented views of each image embed nearer each other than the
             # batch's other images, so the encoder cannot collapse to one embedding the decoder may ignore
             views = [gan.generator.embed(diff_augment(real.flip(3) if i else real, SIMCLR_VIEWS, rng)) for i in (0, 1)]
-            terms_g["infonce"] = infonce(*views, cfg.infonce_temperature)
+            classes = torch.from_numpy(data.labels[rows]).to(device) if cfg.infonce_positives == "class" else None
+            terms_g["infonce"] = infonce(*views, cfg.infonce_temperature, classes)
             loss_g = loss_g + cfg.infonce_weight * terms_g["infonce"]
             terms_g["infonce"] = terms_g["infonce"].detach()
         if cfg.l1_weight > 0:  # pix2pix (Isola et al. 2017): the sound's own frame, pixel by pixel
