@@ -326,7 +326,7 @@ TINY_TRAINING = ("ngf=8", "ndf=8", "z_dim=8", "proj_dim=8", "batch_size=8", "max
 
 def random_features(clips: Path, dim: int = 16, seed: int = 0) -> Path:
     """A feature set for the clip set: a centre per class plus noise, written as hpc.features writes one."""
-    from his.audio.features import clip_shards, features_dir_for, train_statistics, write_features
+    from his.data.feature_sets import clip_shards, features_dir_for, train_statistics, write_features
     from his.data.dataset import load_split
 
     rows = load_split(clips / "index.h5", None, ["label", "split"])

@@ -19,8 +19,9 @@ import his.eval.stage
 import his.train
 import hpc.features
 import hpc.preprocess
-from his.audio.features import is_complete, locate_features
+from his.audio.features import locate_features
 from his.audio.finetune import FinetuneConfig
+from his.data.feature_sets import is_complete
 from his.eval.stage import EvalConfig
 from his.train import PretrainConfig, TrainConfig, latest_checkpoint
 from his.train.config import RESUMABLE, resolve

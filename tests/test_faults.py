@@ -28,7 +28,8 @@ import his.eval.stage
 import hpc.features
 import hpc.preprocess
 from benchmarks.faults import REPO, change_chunk_bytes, clip_sets_equal, preprocess_trial, train_trial, tree_digest
-from his.audio.features import checkpoint_identity, features_dir_for
+from his.audio.features import checkpoint_identity
+from his.data.feature_sets import features_dir_for
 from his.io import InputError, exclusive_dir
 from his.train.__main__ import main as train_main
 
@@ -359,7 +360,7 @@ def test_a_checkpoint_or_a_feature_shard_that_does_not_fit_is_oserror_naming_it(
     import numpy as np
     import torch
 
-    from his.audio.features import clip_shards, write_features
+    from his.data.feature_sets import clip_shards, write_features
     from his.train.checkpoint import save_checkpoint
 
     disk = small_disk("disk", 600)

@@ -4,9 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
-from his.audio.features import FeaturesConfig, run, train_statistics
+from his.audio.features import FeaturesConfig, run
 from his.audio.finetune import FinetuneConfig, run as finetune
 from his.data.dataset import load_features, load_split
+from his.data.feature_sets import train_statistics
 from his.data.spec import check_file
 
 
@@ -98,7 +99,7 @@ def test_train_statistics_floor_the_std_of_nearly_dead_units():
 def test_non_finite_features_are_never_written(datasets, tmp_path):
     """NaN or inf from the network (here put in by hand) stops the set before any file of it is written,
     naming the clip shard and rows they came from."""
-    from his.audio.features import clip_shards, write_features
+    from his.data.feature_sets import clip_shards, write_features
     from his.io import InputError
 
     clips = datasets.clips(tmp_path / "clips", groups_per_class=3, clips_per_group=2, shard_clips=7)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from his.audio.features import features_dir_for
 from his.config import ConfigError, load_config, save_config
+from his.data.feature_sets import features_dir_for
 from his.data.shards import sha256_file
 from his.io import exclusive_dir
 from his.train import TrainConfig, run

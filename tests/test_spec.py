@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -122,3 +124,20 @@ def test_the_tests_data_sets_conform(datasets, tmp_path):
         assert f["split"][()].sum() == 6  # the last of the 4 groups of each class
     with h5py.File(features / "index.h5") as f:
         assert f["feature"].shape == (24, 12) and f["mean"].shape == (12,)
+
+
+def test_the_data_layer_imports_no_stage_above_it():
+    """his.data.* is below the stages that use it: no module under his/data/ imports his.audio, his.train,
+    his.eval or hpc, not even inside a function."""
+    above = ("his.audio", "his.train", "his.eval", "hpc")
+    data_dir = Path(__file__).parents[1] / "his" / "data"
+    modules = sorted(data_dir.rglob("*.py"))
+    assert data_dir / "small_sets.py" in modules and data_dir / "feature_sets.py" in modules
+    for path in modules:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:  # a relative import stays in his.data
+                imported.add(node.module)
+        assert sorted(m for m in imported if any(m == a or m.startswith(a + ".") for a in above)) == [], path

@@ -1,4 +1,4 @@
-"""Small complete data sets written through the project's own writers (his.data.shards, his.audio.features,
+"""Small complete data sets written through the project's own writers (his.data.shards, his.data.feature_sets,
 his.data.images), so each follows datasets.h5.spec, manifest included, as the real ones do: what the tests and
 the benchmarks train and read on when they need no real video.
 """
@@ -131,8 +131,8 @@ class DataSets:
                  layer: str = "conv7", seed: int = 0):
         import numpy as np
 
-        from his.audio.features import clip_shards, features_dir_for, train_statistics, write_features
         from his.data.dataset import load_split
+        from his.data.feature_sets import clip_shards, features_dir_for, train_statistics, write_features
         from his.data.shards import code_version, now_utc
 
         index = Path(clips_root) / "index.h5"
