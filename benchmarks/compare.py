@@ -61,7 +61,8 @@ RECIPES = {  # per variant, beyond its objective's OBJECTIVE_DEFAULTS (hinge's: 
 }
 # The two-stage method's stage one (pretrain generator=instance on the cell's PPMI images and training frames),
 # trained for the variant's generator steps before its head; configs/two_stage.toml's recipe.
-STAGE_ONE = {"two-stage": ["objective=hinge", "generator=instance", "l1_weight=10", "neighbours=8", "z_dim=32"]}
+STAGE_ONE = {"two-stage": ["objective=hinge", "generator=instance", "l1_weight=10", "neighbours=8", "z_dim=32",
+                          "infonce_positives=class"]}
 GAN_BUDGET = ["ngf=16", "ndf=16", "batch_size=32", "log_every=20", "sample_every=100000", "ckpt_every=200"]
 BUDGET = [*GAN_BUDGET, "val_fraction=0.2", "val_every=50"]
 COLUMNS = [("conditional_accuracy", "cond. acc."), ("of_ceiling", "of ceiling"), ("of_heard", "of sound-limited"),
