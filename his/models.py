@@ -530,6 +530,13 @@ class ProjectionCritic(nn.Module):
         h = self.features(image)
         return h.sum(dim=(2, 3)) if self.pool == "sum" else h.flatten(1)
 
+    def match(self, image: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's features and the sound's embedding in the projection's shared space, as unit vectors
+        (B, width) each: the pairs a contrastive term between image and sound compares (XMC-GAN)."""
+        h = self.phi(image)
+        return nn.functional.normalize(h.float(), dim=1), \
+            nn.functional.normalize(self.embed(cond[:, : self.cond_dim].to(h.dtype)).float(), dim=1)
+
     def classify(self, image: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The auxiliary classifier's class logits (B, aux_classes); `cond` is ignored (the critics' signature)."""
         return self.class_head(self.phi(image))

@@ -632,3 +632,33 @@ def test_the_class_head_terms_are_the_cross_entropy_of_the_critics_auxiliary_cla
     assert summary["final"]["class_real"] == pytest.approx(float(real_value))
     assert summary["final"]["class_fake"] == pytest.approx(float(fake_value))
     assert float(real_value) == pytest.approx(float(-torch.log_softmax(logits_real, 1)[torch.arange(8), labels].mean()))
+
+
+def test_the_contrastive_terms_are_infonce_between_the_critics_image_features_and_sound_embeddings(clips, tmp_path,
+                                                                                                     monkeypatch):
+    import torch.nn.functional as F
+
+    import his.train.loop as loop
+
+    seen = []
+    original = loop.infonce
+
+    def spy(a, b, temperature, labels=None):
+        value = original(a, b, temperature, labels)
+        seen.append((a.detach(), b.detach(), value.detach()))
+        return value
+
+    monkeypatch.setattr(loop, "infonce", spy)
+    summary = run(tiny(clips, tmp_path / "run", objective="hinge", max_steps=1, n_critic=1, diffaugment="",
+                       contrastive_weight=1.0, infonce_temperature=0.2))
+    (image_real, sound_real, real_value), (image_fake, sound_fake, fake_value) = seen
+    assert summary["final"]["contrastive_real"] == pytest.approx(float(real_value))
+    assert summary["final"]["contrastive_fake"] == pytest.approx(float(fake_value))
+    for unit in (image_real, sound_real, image_fake, sound_fake):
+        assert unit.shape == (8, 8 * 8) and torch.allclose(unit.norm(dim=1), torch.ones(8), atol=1e-5)
+    logits = image_real @ sound_real.T / 0.2
+    labels = torch.arange(8)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    assert float(real_value) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ConfigError, match="contrastive_weight=1.0 must be 0 unless critic=projection"):
+        run(tiny(clips, tmp_path / "concat", objective="wgan-gp", contrastive_weight=1.0))

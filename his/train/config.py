@@ -55,6 +55,7 @@ class GANConfig:
     infonce_positives: str = "views"  # instance: views (SimCLR: an image's two views) | class (also every frame of its clip class, Khosla et al. 2020)
     l1_weight: float = 0.0  # > 0: pix2pix's L1 term (Isola et al. 2017) from G's image to the sound's own frame
     class_weight: float = 0.0  # > 0: AC-GAN's auxiliary classifier on the critic (Odena et al. 2017), G drawn to be read as the clip's class
+    contrastive_weight: float = 0.0  # > 0: XMC-GAN's image-sound InfoNCE in the projection critic's space (Zhang et al. 2021), on real pairs for D, on G's images for G
     ngf: int = 64
     ndf: int = 64
     z_dim: int = 100
@@ -176,6 +177,8 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("neighbours", cfg.neighbours > 0, "> 0"),
         ("l1_weight", cfg.l1_weight >= 0, ">= 0"),
         ("class_weight", cfg.class_weight >= 0, ">= 0"),
+        ("contrastive_weight", cfg.contrastive_weight == 0 or (cfg.critic == "projection" and isinstance(cfg, TrainConfig)),
+         "0 unless critic=projection and a conditional run (it compares images with sounds)"),
         ("class_weight", cfg.class_weight == 0 or (cfg.critic == "projection" and isinstance(cfg, TrainConfig)),
          "0 unless critic=projection and a conditional run (the auxiliary classifier reads the clip's class)"),
         ("generator", cfg.generator not in ("retrieval", "two-stage") or isinstance(cfg, TrainConfig),

@@ -238,6 +238,11 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
                                                     labels)
             loss_d = loss_d + cfg.class_weight * terms_d["class_real"]
             terms_d["class_real"] = terms_d["class_real"].detach()
+        if cfg.contrastive_weight > 0:  # XMC-GAN: the critic learns which sound goes with which real frame
+            terms_d["contrastive_real"] = infonce(*_match(gan.critic, cfg.diffaugment, rng, real, cond),
+                                                  cfg.infonce_temperature)
+            loss_d = loss_d + cfg.contrastive_weight * terms_d["contrastive_real"]
+            terms_d["contrastive_real"] = terms_d["contrastive_real"].detach()
         gan.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         if measure and i == n_d - 1:
@@ -258,6 +263,11 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
                 augmented(gan.critic.classify, cfg.diffaugment, rng)(fake).float(), labels)
             loss_g = loss_g + cfg.class_weight * terms_g["class_fake"]
             terms_g["class_fake"] = terms_g["class_fake"].detach()
+        if cfg.contrastive_weight > 0:  # XMC-GAN: G's image must pick out its own sound among the batch's
+            terms_g["contrastive_fake"] = infonce(*_match(gan.critic, cfg.diffaugment, rng, fake, cond),
+                                                  cfg.infonce_temperature)
+            loss_g = loss_g + cfg.contrastive_weight * terms_g["contrastive_fake"]
+            terms_g["contrastive_fake"] = terms_g["contrastive_fake"].detach()
         if isinstance(gan.generator, InstanceGenerator) and cfg.infonce_weight > 0:
             # SimCLR (Chen et al. 2020): two augmented views of each image embed nearer each other than the
             # batch's other images, so the encoder cannot collapse to one embedding the decoder may ignore
@@ -279,6 +289,12 @@ def train_step(cfg: GANConfig, gan: GAN, data: TrainingData, batches: Batches, w
     if gan.ema is not None:
         gan.ema.update_parameters(gan.generator)
     return StepResult({**terms_d, **terms_g}, n_d, grad_norms)
+
+
+def _match(critic: ProjectionCritic, policy: str, rng: torch.Generator, image: torch.Tensor,
+           cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic's unit image features of the augmented images and unit sound embeddings (XMC-GAN's pairs)."""
+    return augmented(critic.match, policy, rng)(image, cond)
 
 
 SIMCLR_VIEWS = "color,translation"  # the two views of stage one's contrastive term, one of them flipped
@@ -372,6 +388,8 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
         data = data.with_critic_labels()
     if world > 1 and cfg.class_weight > 0:  # its classify() calls bypass DDP's forward, so gradients would not sync
         raise ConfigError("config: class_weight > 0 runs on one rank only for now (AC-GAN's head is not DDP-wrapped)")
+    if world > 1 and cfg.contrastive_weight > 0:  # match() bypasses DDP's forward too
+        raise ConfigError("config: contrastive_weight > 0 runs on one rank only for now")
     if world > 1 and cfg.generator == "instance" and cfg.infonce_weight > 0:  # embed() bypasses DDP's forward too
         raise ConfigError("config: generator=instance with infonce_weight > 0 runs on one rank only for now")
     gan = build_gan(cfg, cfg.cond_dim if conditional else 0, device, n_classes, data)
