@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from his.config import ConfigError, config_changes, config_to_dict, describe_changes, save_config
+from his.config import ConfigError, config_to_dict, save_config
 from his.distributed import Distributed
 from his.frames import centre_crop, to_images
 from his.hparams import log_hparams
@@ -34,10 +33,10 @@ from his.io import write_json
 from his.losses import NonFiniteLoss, infonce
 from his.models import InstanceGenerator, TwoStageGenerator
 from his.train.checkpoint import (
-    latest_checkpoint, load_checkpoint, rng_state, sampling_weights, save_best, save_checkpoint, set_rng_state,
+    load_checkpoint, resumable_checkpoint, rng_state, sampling_weights, save_best, save_checkpoint, set_rng_state,
     weights_digest,
 )
-from his.train.config import RESUMABLE, TrainConfig
+from his.train.config import TrainConfig
 from his.train.data import Batches, TrainingData
 from his.train.samples import log_samples
 from his.train.validation import validation_for
@@ -99,14 +98,9 @@ def train_alignment(cfg: TrainConfig, data: TrainingData, dd: Distributed, stop:
     model.decoder.requires_grad_(False)
     opt = torch.optim.Adam(model.head.parameters(), lr=cfg.head_lr)
     step, epoch, position, best = 0, 0, 0, {}
-    resumed = latest_checkpoint(run_dir, set_aside=dd.is_main) if cfg.resume else None
+    resumed = resumable_checkpoint(cfg, run_dir, dd.is_main)
     if resumed is not None:
         path, ckpt = resumed
-        changed = {k: v for k, v in config_changes(ckpt.get("config", {}), config_to_dict(cfg)).items()
-                   if k not in RESUMABLE}
-        if changed:
-            raise ConfigError(f"config: {path} was trained with another config ({describe_changes(changed)}); "
-                              "resume it with that config, train into another out, or set resume=false")
         model.load_state_dict(ckpt["generator"])
         opt.load_state_dict(ckpt["opt_head"])
         set_rng_state(ckpt["rng"])

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from his.config import ConfigError, config_changes, config_to_dict, describe_changes
 from his.distributed import is_main_rank
 from his.io import exclusive_dir, save_torch
+from his.train.config import RESUMABLE
 
 BEST = "best.pt"
 
@@ -137,3 +139,17 @@ def weights_digest(*models: nn.Module) -> str:
 def sampling_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The generator weights to draw samples with: the moving average when the run kept one (ema_decay > 0)."""
     return ckpt.get("generator_ema", ckpt["generator"])
+
+
+def resumable_checkpoint(cfg: Any, run_dir: Path, owner: bool) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of the run to resume (None when there is none or cfg.resume is off);
+    ConfigError, one line, when it was trained with a config that differs beyond what a resume may change."""
+    resumed = latest_checkpoint(run_dir, set_aside=owner) if cfg.resume else None
+    if resumed is not None:
+        path, ckpt = resumed
+        changed = {k: v for k, v in config_changes(ckpt.get("config", {}), config_to_dict(cfg)).items()
+                   if k not in RESUMABLE}
+        if changed:
+            raise ConfigError(f"config: {path} was trained with another config ({describe_changes(changed)}); "
+                              "resume it with that config, train into another out, or set resume=false")
+    return resumed

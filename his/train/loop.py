@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 from his.augment import augmented, diff_augment
-from his.config import ConfigError, config_changes, config_to_dict, describe_changes, save_config
+from his.config import ConfigError, config_to_dict, save_config
 from his.distributed import Distributed, setup_distributed
 from his.frames import centre_crop, to_images
 from his.hparams import log_hparams
@@ -34,10 +34,10 @@ from his.models import (
     Critic, Generator, InstanceGenerator, ProjectionCritic, RetrievalGenerator, build_critic, build_generator,
 )
 from his.train.checkpoint import (
-    hold_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state,
+    hold_run_dir, load_checkpoint, resumable_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state,
     step_generator, warm_start, weights_digest,
 )
-from his.train.config import LR_SCALING, RESUMABLE, GANConfig, TrainConfig, rank_batch, resolve
+from his.train.config import LR_SCALING, GANConfig, TrainConfig, rank_batch, resolve
 from his.train.align import train_alignment
 from his.train.data import Batches, TrainingData, WrongSounds, load_clips, load_images, make_batch
 from his.train.samples import log_samples
@@ -350,14 +350,9 @@ def _restore(cfg: GANConfig, gan: GAN, run_dir: Path, conditional: bool, say: Ca
              owner: bool) -> tuple[tuple[int, int, int], dict, dict]:
     """Resume from the newest readable checkpoint, else warm-start from cfg.init_from; ((step, epoch, position),
     the warm-start report, the best validation so far)."""
-    resumed = latest_checkpoint(run_dir, set_aside=owner) if cfg.resume else None
+    resumed = resumable_checkpoint(cfg, run_dir, owner)
     if resumed is not None:
         path, ckpt = resumed
-        changed = {k: v for k, v in config_changes(ckpt.get("config", {}), config_to_dict(cfg)).items()
-                   if k not in RESUMABLE}
-        if changed:
-            raise ConfigError(f"config: {path} was trained with another config ({describe_changes(changed)}); "
-                              "resume it with that config, train into another out, or set resume=false")
         gan.generator.load_state_dict(ckpt["generator"])
         gan.critic.load_state_dict(ckpt["critic"])
         gan.opt_g.load_state_dict(ckpt["opt_generator"])
