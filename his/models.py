@@ -361,8 +361,6 @@ class InstanceGenerator(nn.Module):
     (Casanova et al. 2021). `generator(z, image)` draws from the image's embedding; stage two calls the decoder
     with the embedding a sound predicts (TwoStageGenerator)."""
 
-    residual = True
-
     def __init__(self, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128, embed_dim: int = 128) -> None:
         super().__init__()
         self.cond_dim, self.z_dim, self.embed_dim = 0, z_dim, embed_dim  # it hears no sound
@@ -392,8 +390,6 @@ class SoundToEmbedding(nn.Module):
 class TwoStageGenerator(nn.Module):
     """The two-stage method's sound -> image: sound -> SoundToEmbedding -> h -> stage one's EmbeddingDecoder
     (frozen) with noise z. Called like every other generator, `generator(z, cond)`."""
-
-    residual = True
 
     def __init__(self, cond_dim: int = 1024, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128,
                  embed_dim: int = 128) -> None:
