@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from his.probe import fit_linear_probe
+
 Norm = Literal["batch", "layer", "none"]
 NORMS = ("batch", "layer", "none")
 SLOPE = 0.2
@@ -234,6 +236,11 @@ class RetrievalGenerator(nn.Module):
     different neighbours. While training, `exclude_groups` keeps a clip's own video group (its player and room)
     out of its neighbours, as a held-out sound's player never is in the gallery.
 
+    With `heard_class`, the neighbours are the nearest among the training frames of the class a linear reader of
+    the sound hears (`his.probe`, fitted on the gallery's sounds and labels by set_gallery): the class-conditional
+    form of IC-GAN's instance conditioning, with the class read off the sound. A sound's nearest clips are often
+    of another class (on 10 classes, 1 in 4 of the 8 nearest) where the reader hears the class 9 times in 10.
+
     The network is a U-Net (pix2pix, Isola et al. 2017) on ResNetGenerator's decoder: the neighbour frame is
     encoded 64 -> 4 px with the decoder's widths; the bottleneck adds its 4 px map to the projected z and sound,
     and the UpBlocks (the sound and z in every block's conditional batch norm) draw back up to 64 px, the
@@ -243,13 +250,16 @@ class RetrievalGenerator(nn.Module):
     """
 
     residual = True
+    # the buffers that hold what it draws from (fixed while training; a checkpoint's have its gallery's size)
+    GALLERY = ("gallery_images", "gallery_features", "gallery_groups", "gallery_labels", "reader_weight", "reader_bias")
 
     def __init__(self, cond_dim: int = 1024, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128,
-                 neighbours: int = 8) -> None:
+                 neighbours: int = 8, heard_class: bool = False) -> None:
         super().__init__()
         if cond_dim <= 0:
             raise ValueError("a retrieval generator looks its neighbours up by sound: it needs cond_dim > 0")
         self.cond_dim, self.z_dim, self.ngf, self.neighbours = cond_dim, z_dim, ngf, neighbours
+        self.heard_class = heard_class
         self.project = ConditionProjection(cond_dim, proj_dim)
         emb = proj_dim + z_dim
         widths = [ngf * w for w in DECODER_WIDTHS]  # the decoder's, at 4 .. 64 px
@@ -261,10 +271,15 @@ class RetrievalGenerator(nn.Module):
         self.register_buffer("gallery_images", torch.zeros(0, 3, 64, 64, dtype=torch.float16))
         self.register_buffer("gallery_features", torch.zeros(0, cond_dim))
         self.register_buffer("gallery_groups", torch.zeros(0, dtype=torch.long))
+        if heard_class:  # the gallery's class labels and the linear reader of the class a sound is heard as
+            self.register_buffer("gallery_labels", torch.zeros(0, dtype=torch.long))
+            self.register_buffer("reader_weight", torch.zeros(cond_dim, 0))
+            self.register_buffer("reader_bias", torch.zeros(0))
 
-    def set_gallery(self, images: torch.Tensor, features: torch.Tensor, groups: torch.Tensor) -> None:
-        """The frames it draws from: images (N, 3, 64, 64) in [-1, 1], their sounds' features (N, cond_dim) and
-        their video groups (N,)."""
+    def set_gallery(self, images: torch.Tensor, features: torch.Tensor, groups: torch.Tensor,
+                    labels: torch.Tensor | None = None) -> None:
+        """The frames it draws from: images (N, 3, 64, 64) in [-1, 1], their sounds' features (N, cond_dim),
+        their video groups (N,) and, with heard_class, their class labels (N,), on which the reader is fitted."""
         if not len(images) == len(features) == len(groups) > 0:
             raise ValueError(f"a gallery needs as many images, features and groups, at least one: got "
                              f"{len(images)}, {len(features)}, {len(groups)}")
@@ -272,10 +287,20 @@ class RetrievalGenerator(nn.Module):
         self.gallery_images = images.to(device, torch.float16)
         self.gallery_features = features.to(device, torch.float32)
         self.gallery_groups = groups.to(device, torch.long)
+        if self.heard_class:
+            if labels is None or len(labels) != len(features):
+                raise ValueError("a heard-class retrieval generator needs the gallery's class labels, one per row")
+            weight, bias = fit_linear_probe(features, labels, int(labels.max()) + 1)
+            self.gallery_labels = labels.to(device, torch.long)
+            self.reader_weight, self.reader_bias = weight.to(device, torch.float32), bias.to(device, torch.float32)
+
+    def heard(self, cond: torch.Tensor) -> torch.Tensor:
+        """The class the linear reader hears in each sound (B,)."""
+        return (cond.float() @ self.reader_weight + self.reader_bias).argmax(1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # a checkpoint's gallery has its own size: take it as it is
-        for name in ("gallery_images", "gallery_features", "gallery_groups"):
+        for name in (n for n in self.GALLERY if hasattr(self, n)):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -286,11 +311,17 @@ class RetrievalGenerator(nn.Module):
         if len(self.gallery_features) == 0:
             raise RuntimeError("RetrievalGenerator has no gallery: call set_gallery() or load a checkpoint")
         distances = torch.cdist(cond.float(), self.gallery_features)
+        allowed = torch.ones_like(distances, dtype=torch.bool)
         if exclude_groups is not None:
-            distances = distances.masked_fill(exclude_groups[:, None] == self.gallery_groups[None], float("inf"))
+            allowed &= exclude_groups[:, None] != self.gallery_groups[None]
+        if self.heard_class:
+            allowed &= self.heard(cond)[:, None] == self.gallery_labels[None]
+        # a sound with no allowed row (a class of one video, while training) draws from the nearest of all
+        allowed |= ~allowed.any(1, keepdim=True)
         k = min(self.neighbours, len(self.gallery_features))
-        nearest = distances.topk(k, dim=1, largest=False).indices
-        pick = (torch.special.ndtr(z[:, 0].float()) * k).long().clamp(0, k - 1)
+        nearest = distances.masked_fill(~allowed, float("inf")).topk(k, dim=1, largest=False).indices
+        choices = allowed.sum(1).clamp(max=k)
+        pick = torch.minimum((torch.special.ndtr(z[:, 0].float()) * choices).long(), choices - 1)
         return nearest[torch.arange(len(nearest), device=nearest.device), pick]
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor,
@@ -601,13 +632,14 @@ Generator = SimpleGenerator | ResNetGenerator | RetrievalGenerator | InstanceGen
 
 
 def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int, neighbours: int = 8,
-                    embed_dim: int = 128) -> Generator:
+                    embed_dim: int = 128, heard_class: bool = False) -> Generator:
     """"simple" (fig 4b), "residual" (fig 4a), "resnet" (ResNetGenerator: SN-GAN/BigGAN-style, conditional BN),
     "retrieval" (RetrievalGenerator: a U-Net over one of the `neighbours` training frames nearest by sound),
     "instance" (InstanceGenerator: the two-stage method's drawing from an image embedding; hears no sound),
     "two-stage" (TwoStageGenerator: sound -> embedding -> that drawing)."""
     if kind == "retrieval":
-        return RetrievalGenerator(cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, neighbours=neighbours)
+        return RetrievalGenerator(cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, neighbours=neighbours,
+                                  heard_class=heard_class)
     if kind == "instance":
         return InstanceGenerator(z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, embed_dim=embed_dim)
     if kind == "two-stage":

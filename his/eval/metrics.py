@@ -12,6 +12,8 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from his.probe import fit_linear_probe
+
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """FID between feature sets x (n, d) and y (m, d); n, m >= 2."""
@@ -200,20 +202,8 @@ def mean_interval(values: np.ndarray, level: float = 0.95, seed: int = 0) -> tup
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int,
                  l2: float = 1e-3, steps: int = 100) -> np.ndarray:
     """The classes a multinomial logistic regression fitted on (train_x, train_y) reads in test_x: what a linear
-    reader of the features hears. Mean cross-entropy plus l2 x ||W||^2, L-BFGS from zero (deterministic)."""
-    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
-    weight = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        optimiser.zero_grad()
-        value = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * weight.square().sum()
-        value.backward()
-        return value
-
-    optimiser.step(loss)
+    reader of the features hears (his.probe)."""
+    weight, bias = fit_linear_probe(np.asarray(train_x), np.asarray(train_y), n_classes, l2, steps)
     with torch.no_grad():
         return (torch.as_tensor(np.asarray(test_x), dtype=torch.float64) @ weight + bias).argmax(1).numpy()
 

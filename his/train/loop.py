@@ -112,10 +112,10 @@ def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device, n_classes: in
     (before the EMA copies it)."""
     torch.manual_seed(cfg.seed)
     generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim, cfg.neighbours,
-                                cfg.embed_dim).to(device)
+                                cfg.embed_dim, cfg.heard_class).to(device)
     if isinstance(generator, RetrievalGenerator):
         generator.set_gallery(to_images(centre_crop(data.frames)), torch.from_numpy(data.cond),
-                              torch.from_numpy(data.groups))
+                              torch.from_numpy(data.groups), torch.from_numpy(data.labels))
     critic_cond_dim = cfg.embed_dim if isinstance(generator, InstanceGenerator) else cond_dim  # IC-GAN: D reads h
     proj_dim = cfg.proj_dim if cfg.critic == "concat" else None  # projection: one linear embedding, as published
     aux_classes = data.n_classes if cfg.class_weight > 0 else 0
@@ -146,7 +146,7 @@ def distribute(gan: GAN, cfg: GANConfig, dd: Distributed) -> None:
     ids = [dd.device] if dd.device.type == "cuda" else None
     if dd.world > 1 and isinstance(gan.generator, RetrievalGenerator):  # every rank holds the same gallery
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            gan.generator, ["gallery_images", "gallery_features", "gallery_groups"])
+            gan.generator, [name for name in RetrievalGenerator.GALLERY if hasattr(gan.generator, name)])
     wrap = lambda m: DistributedDataParallel(m, device_ids=ids, broadcast_buffers=_has_batch_norm(m))  # noqa: E731
     gen = wrap(gan.generator) if dd.world > 1 else gan.generator
     critic = wrap(gan.critic) if dd.world > 1 else gan.critic
