@@ -314,10 +314,10 @@ class RetrievalGenerator(nn.Module):
         allowed = torch.ones_like(distances, dtype=torch.bool)
         if exclude_groups is not None:
             allowed &= exclude_groups[:, None] != self.gallery_groups[None]
-        if self.heard_class:
-            allowed &= self.heard(cond)[:, None] == self.gallery_labels[None]
-        # a sound with no allowed row (a class of one video, while training) draws from the nearest of all
-        allowed |= ~allowed.any(1, keepdim=True)
+        if self.heard_class:  # a heard class whose every row is excluded (one video, while training): any class
+            in_class = allowed & (self.heard(cond)[:, None] == self.gallery_labels[None])
+            allowed = torch.where(in_class.any(1, keepdim=True), in_class, allowed)
+        allowed |= ~allowed.any(1, keepdim=True)  # nothing left at all (a gallery of one group): every row
         k = min(self.neighbours, len(self.gallery_features))
         nearest = distances.masked_fill(~allowed, float("inf")).topk(k, dim=1, largest=False).indices
         choices = allowed.sum(1).clamp(max=k)

@@ -248,3 +248,56 @@ def test_flatten_pooling_lets_the_projection_see_where_a_feature_is():
     assert not torch.allclose(*scores["flatten"])
     with pytest.raises(ValueError, match="pool"):
         ProjectionCritic(pool="max")
+
+
+def _two_class_gallery(heard_class: bool):
+    """Class 0 at x0 = -1 spread far along x1 (x1 = +-3), class 1 at x0 = +1, x1 = 0: the sound (-0.5, 0) is on
+    class 0's side of the line a linear reader draws (x0 = 0), yet its nearest gallery sounds are class 1's."""
+    from his.models import RetrievalGenerator
+
+    features = torch.zeros(8, 4)
+    features[:4, 0], features[:4, 1] = -1.0, torch.tensor([3.0, 3.0, -3.0, -3.0])
+    features[4:, 0], features[4:, 2] = 1.0, torch.linspace(-0.1, 0.1, 4)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    g = RetrievalGenerator(cond_dim=4, z_dim=6, ngf=4, proj_dim=8, neighbours=2, heard_class=heard_class)
+    g.set_gallery(torch.zeros(8, 3, 64, 64), features, torch.arange(8), labels)
+    return g, labels
+
+
+def test_heard_class_retrieval_looks_up_frames_of_the_class_a_linear_reader_hears():
+    sound = torch.tensor([[-0.5, 0.0, 0.0, 0.0]])
+    for heard_class, expected in ((False, 1), (True, 0)):
+        g, labels = _two_class_gallery(heard_class)
+        for z0 in (-3.0, 0.0, 3.0):
+            z = torch.zeros(1, 6)
+            z[0, 0] = z0
+            assert labels[g.neighbour_rows(sound, z)].item() == expected
+    assert g.heard(sound).tolist() == [0] and g.heard(torch.tensor([[0.5, 0.0, 0.0, 0.0]])).tolist() == [1]
+    # the checkpoint carries the reader and the labels: a fresh generator loaded from it hears the same
+    fresh = build_generator("retrieval", 4, 6, 4, 8, neighbours=2, heard_class=True)
+    fresh.load_state_dict(g.state_dict())
+    assert torch.equal(fresh.reader_weight, g.reader_weight) and torch.equal(fresh.gallery_labels, labels)
+    assert fresh(torch.randn(3, 6), sound.expand(3, 4)).shape == (3, 3, 64, 64)
+
+
+def test_retrieval_never_picks_a_row_it_excluded_while_any_is_left():
+    g, labels = _two_class_gallery(heard_class=True)
+    sound = torch.tensor([[-0.5, 0.0, 0.0, 0.0]])
+    # three of class 0's four rows excluded (their groups): the one left is every pick, whatever z_0 says
+    g.gallery_groups = torch.tensor([0, 0, 0, 1, 2, 3, 4, 5])
+    for z0 in (-3.0, 0.0, 3.0):
+        z = torch.zeros(1, 6)
+        z[0, 0] = z0
+        assert g.neighbour_rows(sound, z, exclude_groups=torch.tensor([0])).tolist() == [3]
+    # nothing of the heard class left: the nearest rows of another class, never an excluded one
+    g.gallery_groups = torch.tensor([0, 0, 0, 0, 2, 3, 4, 5])
+    z = torch.zeros(1, 6)
+    assert labels[g.neighbour_rows(sound, z, exclude_groups=torch.tensor([0]))].item() == 1
+
+
+def test_a_heard_class_gallery_needs_its_labels():
+    from his.models import RetrievalGenerator
+
+    g = RetrievalGenerator(cond_dim=4, z_dim=6, ngf=4, proj_dim=8, heard_class=True)
+    with pytest.raises(ValueError, match="class labels"):
+        g.set_gallery(torch.zeros(2, 3, 64, 64), torch.randn(2, 4), torch.arange(2))
