@@ -236,6 +236,12 @@ class RetrievalGenerator(nn.Module):
     different neighbours. While training, `exclude_groups` keeps a clip's own video group (its player and room)
     out of its neighbours, as a held-out sound's player never is in the gallery.
 
+    With `edit`, the network draws a change to the neighbour frame rather than a frame: its output is added to the
+    neighbour's pixels in tanh's logits before the tanh, the global residual of image-restoration networks (VDSR,
+    Kim et al. 2016). The instrument's thin shapes then pass through whole unless the sound, the L1 term or the
+    critic ask for a change; the memorisation check (his.eval's nearest training frame) says how near a copy
+    that leaves the images.
+
     With `heard_class`, the neighbours are the nearest among the training frames of the class a linear reader of
     the sound hears (`his.probe`, fitted on the gallery's sounds and labels by set_gallery): the class-conditional
     form of IC-GAN's instance conditioning, with the class read off the sound. A sound's nearest clips are often
@@ -254,12 +260,12 @@ class RetrievalGenerator(nn.Module):
     GALLERY = ("gallery_images", "gallery_features", "gallery_groups", "gallery_labels", "reader_weight", "reader_bias")
 
     def __init__(self, cond_dim: int = 1024, z_dim: int = 100, ngf: int = 64, proj_dim: int = 128,
-                 neighbours: int = 8, heard_class: bool = False) -> None:
+                 neighbours: int = 8, heard_class: bool = False, edit: bool = False) -> None:
         super().__init__()
         if cond_dim <= 0:
             raise ValueError("a retrieval generator looks its neighbours up by sound: it needs cond_dim > 0")
         self.cond_dim, self.z_dim, self.ngf, self.neighbours = cond_dim, z_dim, ngf, neighbours
-        self.heard_class = heard_class
+        self.heard_class, self.edit = heard_class, edit
         self.project = ConditionProjection(cond_dim, proj_dim)
         emb = proj_dim + z_dim
         widths = [ngf * w for w in DECODER_WIDTHS]  # the decoder's, at 4 .. 64 px
@@ -336,7 +342,13 @@ class RetrievalGenerator(nn.Module):
             x = block(x, emb)
             if len(skips) > 1:  # the 8, 16 and 32 px maps (the 64 px stem only feeds the encoder)
                 x = x + skips.pop()
-        return torch.tanh(self.to_rgb(torch.relu(self.out_norm(x))))
+        out = self.to_rgb(torch.relu(self.out_norm(x)))
+        if self.edit:  # a change to the neighbour (its pixels held off +-1, where atanh is infinite)
+            out = out + torch.atanh(neighbour.clamp(-EDIT_EDGE, EDIT_EDGE))
+        return torch.tanh(out)
+
+
+EDIT_EDGE = 0.999  # atanh(0.999) = 3.8: a pixel at +-1 comes back within 0.001 of it
 
 
 class ImageEncoder(nn.Module):
@@ -632,14 +644,15 @@ Generator = SimpleGenerator | ResNetGenerator | RetrievalGenerator | InstanceGen
 
 
 def build_generator(kind: str, cond_dim: int, z_dim: int, ngf: int, proj_dim: int, neighbours: int = 8,
-                    embed_dim: int = 128, heard_class: bool = False) -> Generator:
+                    embed_dim: int = 128, heard_class: bool = False, edit: bool = False) -> Generator:
     """"simple" (fig 4b), "residual" (fig 4a), "resnet" (ResNetGenerator: SN-GAN/BigGAN-style, conditional BN),
-    "retrieval" (RetrievalGenerator: a U-Net over one of the `neighbours` training frames nearest by sound),
+    "retrieval" (RetrievalGenerator: a U-Net over one of the `neighbours` training frames nearest by sound, among
+    the frames of the class it hears with `heard_class`, drawing a change to that frame with `edit`),
     "instance" (InstanceGenerator: the two-stage method's drawing from an image embedding; hears no sound),
     "two-stage" (TwoStageGenerator: sound -> embedding -> that drawing)."""
     if kind == "retrieval":
         return RetrievalGenerator(cond_dim=cond_dim, z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, neighbours=neighbours,
-                                  heard_class=heard_class)
+                                  heard_class=heard_class, edit=edit)
     if kind == "instance":
         return InstanceGenerator(z_dim=z_dim, ngf=ngf, proj_dim=proj_dim, embed_dim=embed_dim)
     if kind == "two-stage":

@@ -301,3 +301,18 @@ def test_a_heard_class_gallery_needs_its_labels():
     g = RetrievalGenerator(cond_dim=4, z_dim=6, ngf=4, proj_dim=8, heard_class=True)
     with pytest.raises(ValueError, match="class labels"):
         g.set_gallery(torch.zeros(2, 3, 64, 64), torch.randn(2, 4), torch.arange(2))
+
+
+def test_an_editing_retrieval_generator_adds_its_drawing_to_the_neighbour_frame_in_tanh_logits():
+    g, _ = _two_class_gallery(heard_class=False)
+    g.edit = True
+    g.gallery_images = (torch.rand(8, 3, 64, 64) * 2 - 1).half()
+    g.gallery_images[0, 0, 0, 0] = 1.0  # a saturated pixel comes back, not as nan
+    nn.init.zeros_(g.to_rgb.weight)
+    nn.init.zeros_(g.to_rgb.bias)
+    sound, z = g.gallery_features, torch.randn(8, 6)
+    neighbour = g.gallery_images[g.neighbour_rows(sound, z)].float()
+    torch.testing.assert_close(g.eval()(z, sound), neighbour, atol=1e-3, rtol=0)  # drawing nothing: the neighbour
+    with torch.no_grad():
+        g.to_rgb.bias.fill_(0.5)
+    torch.testing.assert_close(g(z, sound), torch.tanh(torch.atanh(neighbour.clamp(-0.999, 0.999)) + 0.5))

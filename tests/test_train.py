@@ -89,8 +89,8 @@ RETRIEVAL = dict(objective="hinge", generator="retrieval", neighbours=3, l1_weig
 
 
 @pytest.mark.parametrize("options", [dict(objective="gan-cls"), dict(objective="wgan"), dict(objective="wgan-gp"), MODERN,
-                                     RETRIEVAL],
-                         ids=["gan-cls", "wgan", "wgan-gp", "hinge-diffaugment-ema", "retrieval-l1"])
+                                     RETRIEVAL, dict(RETRIEVAL, heard_class=True, edit=True)],
+                         ids=["gan-cls", "wgan", "wgan-gp", "hinge-diffaugment-ema", "retrieval-l1", "retrieval-edit-heard"])
 def test_resume_is_exact(clips, tmp_path, options):
     kw = dict(frames="frame88", max_steps=5, **options)
     whole = run(tiny(clips, tmp_path / "whole", **kw))
@@ -590,6 +590,26 @@ def test_a_retrieval_generator_draws_from_other_players_frames_and_its_checkpoin
     z = torch.zeros(4, generator.z_dim)
     z[:, 0] = -5.0
     assert generator.neighbour_rows(cond, z).tolist() == [0, 1, 2, 3]
+
+
+def test_an_editing_heard_class_retrieval_run_keeps_its_reader_and_labels_in_the_checkpoint(clips, tmp_path):
+    from his.eval.stage import load_run_generator
+
+    summary = run(tiny(clips, tmp_path / "run", heard_class=True, edit=True, **RETRIEVAL))
+    assert summary["status"] == "completed"
+    cfg, _, _, generator = load_run_generator(tmp_path / "run", "", torch.device("cpu"))
+    assert generator.edit and generator.heard_class
+    with h5py.File(clips / "index.h5") as f:
+        labels = f["label"][()][f["split"][()] == 0]
+    np.testing.assert_array_equal(generator.gallery_labels.numpy(), labels)
+    # the reader hears the training sounds' classes (it was fitted on them), and every neighbour is of that class
+    heard = generator.heard(generator.gallery_features)
+    assert (heard.numpy() == labels).mean() > 0.9
+    rows = generator.neighbour_rows(generator.gallery_features, torch.randn(len(labels), cfg.z_dim))
+    assert torch.equal(generator.gallery_labels[rows], heard)
+    for option in ("heard_class", "edit"):
+        with pytest.raises(ConfigError, match=f"{option}=True must be false unless generator=retrieval"):
+            run(tiny(clips, tmp_path / option, objective="hinge", **{option: True}))
 
 
 def test_the_l1_term_is_the_mean_absolute_difference_to_the_sounds_own_frame(clips, tmp_path, monkeypatch):

@@ -169,7 +169,8 @@ def load_run_generator(run_dir: Path, checkpoint: str,
         checkpoint_path, state = found
     train_cfg = trained_config(state, checkpoint_path, run_dir)
     generator = build_generator(train_cfg.generator, train_cfg.cond_dim, train_cfg.z_dim, train_cfg.ngf,
-                                train_cfg.proj_dim, train_cfg.neighbours, train_cfg.embed_dim, train_cfg.heard_class)
+                                train_cfg.proj_dim, train_cfg.neighbours, train_cfg.embed_dim,
+                                train_cfg.heard_class, train_cfg.edit)
     try:
         generator.load_state_dict(sampling_weights(state))
     except (RuntimeError, KeyError) as e:

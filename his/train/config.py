@@ -49,6 +49,7 @@ class GANConfig:
     diffaugment: str | None = None  # DiffAugment policy for the critic's inputs, e.g. "translation,cutout"; "" = none
     ema_decay: float | None = None  # > 0: keep an exponential moving average of G, used for samples and evaluation
     neighbours: int = 8  # generator=retrieval: it draws from one of the training frames of the nearest sounds; instance: the critic's real image is one of the instance's nearest in the batch (IC-GAN's neighbourhood)
+    edit: bool = False  # generator=retrieval: G draws a change to the neighbour frame (a global residual), not a new frame
     heard_class: bool = False  # generator=retrieval: the neighbours are the nearest frames of the class a linear reader hears in the sound
     embed_dim: int = 128  # generator=instance / two-stage: the size of the image embedding the drawing is conditioned on
     infonce_weight: float = 1.0  # instance: SimCLR's InfoNCE on the encoder (two views of each image); two-stage: sound vs frame embedding
@@ -177,6 +178,7 @@ def resolve(cfg: GANConfig) -> GANConfig:
         ("n_critic", cfg.n_critic > 0, "> 0"),
         ("neighbours", cfg.neighbours > 0, "> 0"),
         ("heard_class", not cfg.heard_class or cfg.generator == "retrieval", "false unless generator=retrieval"),
+        ("edit", not cfg.edit or cfg.generator == "retrieval", "false unless generator=retrieval"),
         ("l1_weight", cfg.l1_weight >= 0, ">= 0"),
         ("class_weight", cfg.class_weight >= 0, ">= 0"),
         ("contrastive_weight", cfg.contrastive_weight == 0 or (cfg.critic == "projection" and isinstance(cfg, TrainConfig)),

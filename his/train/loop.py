@@ -112,7 +112,7 @@ def build_gan(cfg: GANConfig, cond_dim: int, device: torch.device, n_classes: in
     (before the EMA copies it)."""
     torch.manual_seed(cfg.seed)
     generator = build_generator(cfg.generator, cond_dim, cfg.z_dim, cfg.ngf, cfg.proj_dim, cfg.neighbours,
-                                cfg.embed_dim, cfg.heard_class).to(device)
+                                cfg.embed_dim, cfg.heard_class, cfg.edit).to(device)
     if isinstance(generator, RetrievalGenerator):
         generator.set_gallery(to_images(centre_crop(data.frames)), torch.from_numpy(data.cond),
                               torch.from_numpy(data.groups), torch.from_numpy(data.labels))
