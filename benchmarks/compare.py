@@ -11,7 +11,8 @@ trains from scratch with the same widths, batch and generator steps (beyond its 
 the report's three objectives with the report's generator and critic; hinge is the previous demo's recipe, the
 ResNet generator with DiffAugment and an EMA; hinge-simple-g hinge with the report's generator; hinge-labels hinge
 whose critic also projects on the class; hinge-l1-ac hinge with pix2pix's L1 and AC-GAN's class head;
-retrieval-g the retrieval-augmented generator alone, retrieval-g-l1 with the L1 term; two-stage the method after
+retrieval-g the retrieval-augmented generator alone, retrieval-g-l1 with the L1 term, retrieval-g-l1-edit that
+drawing a change to its neighbour frame, -edit-heard with neighbours of the heard class too; two-stage the method after
 Sound2Scene, stage one for --steps on the cell's images and training frames, then 500 head updates), and his.eval
 scores the checkpoint chosen on validation groups. key=value overrides apply to every variant (its train stage).
 
@@ -57,6 +58,9 @@ RECIPES = {  # per variant, beyond its objective's OBJECTIVE_DEFAULTS (hinge's: 
     "hinge-l1-ac": ["objective=hinge", "l1_weight=10", "class_weight=1"],
     "retrieval-g": ["objective=hinge", "generator=retrieval"],
     "retrieval-g-l1": ["objective=hinge", "generator=retrieval", "l1_weight=10"],
+    "retrieval-g-l1-edit": ["objective=hinge", "generator=retrieval", "l1_weight=10", "edit=true"],
+    "retrieval-g-l1-edit-heard": ["objective=hinge", "generator=retrieval", "l1_weight=10", "edit=true",
+                                  "heard_class=true"],
     "two-stage": ["generator=two-stage", "z_dim=32", "max_steps=500"],  # 500 head updates, after STAGE_ONE
 }
 # The two-stage method's stage one (pretrain generator=instance on the cell's PPMI images and training frames),

@@ -503,7 +503,7 @@ def test_validation_curve_and_best_checkpoint_use_held_out_training_groups(clips
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     curve = [(e.step, e.value) for e in events.Scalars("val/conditional_accuracy")]
     assert [s for s, _ in curve] == [2, 4, 5] and all(0 <= v <= 1 for _, v in curve)
-    best_step, best_acc = max(curve, key=lambda sv: (sv[1], -sv[0]))  # the first of the best
+    best_step, best_acc = max(curve, key=lambda sv: (sv[1], sv[0]))  # the last of the best
     assert summary["best"]["step"] == best_step and summary["best"]["val_accuracy"] == pytest.approx(best_acc)
     assert [e.value for e in events.Scalars("val/ceiling")] == [pytest.approx(summary["val_ceiling"])]
     assert summary["val_ceiling"] > 0.9  # frames of a colour per class: real validation frames are easy

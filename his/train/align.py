@@ -39,7 +39,7 @@ from his.train.checkpoint import (
 from his.train.config import TrainConfig
 from his.train.data import Batches, TrainingData
 from his.train.samples import log_samples
-from his.train.validation import validation_for
+from his.train.validation import is_new_best, validation_for
 
 log = logging.getLogger(__name__)
 SHARED_FIELDS = ("ngf", "z_dim", "proj_dim", "embed_dim")  # what stage one's networks were built with
@@ -126,7 +126,7 @@ def train_alignment(cfg: TrainConfig, data: TrainingData, dd: Distributed, stop:
     def validate() -> None:
         accuracy = validation(model)
         writer.add_scalar("val/conditional_accuracy", accuracy, step)
-        if not best or accuracy > best["val_accuracy"]:
+        if is_new_best(best, accuracy):
             best.update(step=step, val_accuracy=accuracy)
             best["checkpoint"] = str(save_best(run_dir, state()))
 

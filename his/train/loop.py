@@ -41,7 +41,7 @@ from his.train.config import LR_SCALING, GANConfig, TrainConfig, rank_batch, res
 from his.train.align import train_alignment
 from his.train.data import Batches, TrainingData, WrongSounds, load_clips, load_images, make_batch
 from his.train.samples import log_samples
-from his.train.validation import validation_for
+from his.train.validation import is_new_best, validation_for
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ def _train(cfg: GANConfig, data: TrainingData, dd: Distributed, stop: StopReques
     def validate() -> None:
         accuracy = validation(gan.sampler)
         writer.add_scalar("val/conditional_accuracy", accuracy, step)
-        if not best or accuracy > best["val_accuracy"]:
+        if is_new_best(best, accuracy):
             best.update(step=step, val_accuracy=accuracy)
             best["checkpoint"] = str(save_best(run_dir, state()))
 

@@ -54,3 +54,10 @@ def validation_for(cfg: TrainConfig, data: TrainingData, device: torch.device) -
     clips = Path(cfg.clips)
     return ValidationAccuracy(data.validation, cfg.z_dim, cfg.val_images, cfg.seed, device,
                               (clips if clips.is_dir() else clips.parent) / "eval-cache", cfg.val_classifier_steps)
+
+
+def is_new_best(best: dict, accuracy: float) -> bool:
+    """Whether a checkpoint of this validation accuracy replaces the kept one: the best so far, and of equally
+    accurate checkpoints the latest (as accurate after more training: a recipe that reads the class from its
+    first steps, as the editing retrieval generator does, is otherwise kept at its least trained)."""
+    return not best or accuracy >= best["val_accuracy"]
