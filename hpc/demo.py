@@ -36,8 +36,11 @@ def headline(results: dict) -> str:
     heard = overall.get("heard_ceiling")
     heard_part = f" ({acc / heard:.0%} of the sound-limited ceiling {heard:.3f})" if heard else ""
     baseline = (results.get("retrieval_baseline") or {}).get("overall")
+    heard_baseline = (results.get("retrieval_baseline_heard_class") or {}).get("overall")
     baseline_part = (f"; the retrieval baseline (training frames looked up by sound) {baseline['conditional_accuracy']:.3f}"
                      if baseline else "")
+    baseline_part += (f"; within the heard class {heard_baseline['conditional_accuracy']:.3f}"
+                      if heard_baseline else "")
     return (f"conditional accuracy {acc:.3f} on held-out sounds = {acc / ceiling:.0%} of the real-frame ceiling "
             f"{ceiling:.3f}{heard_part}; shuffled-sound control {overall['shuffled_accuracy']:.3f} (chance {chance:.3f})"
             f"{baseline_part}")

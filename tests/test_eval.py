@@ -19,11 +19,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from his.eval import figures
 from his.eval.data import EvalData, EvalSettings
+from his.eval.report import format_number
 from his.eval.evaluate import (
     compute_metrics,
     cross_class_derangement,
     evaluate,
     generate_shuffled,
+    heard_class_retrieval_samples,
+    heard_classes,
     retrieval_baseline,
     retrieval_samples,
 )
@@ -418,8 +421,20 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
     assert "| conditional accuracy [95% bootstrap over clips] |" in markdown and "| square |" in markdown and "| loudness |" in markdown
     assert "| shuffled sound: read as the clip's class (chance 1/3 = 0.333) |" in markdown
     assert "| shuffled sound: read as the sound's class |" in markdown
-    assert "| metric | generated | retrieval baseline | real |" in markdown
-    assert first_json["retrieval_baseline"]["overall"]["conditional_accuracy"] >= 0.9
+    assert "| metric | generated | retrieval baseline | retrieval baseline, heard class | real |" in markdown
+    assert "Retrieval baseline, heard class:" in markdown
+    # the features say the class outright: the heard class is the nearest sounds' class, so both baselines look
+    # up the same frames and score the same, column by column
+    heard_baseline = first_json["retrieval_baseline_heard_class"]
+    assert heard_baseline["overall"]["conditional_accuracy"] >= 0.9
+    assert heard_baseline["overall"] == first_json["retrieval_baseline"]["overall"]
+    assert heard_baseline["attributes"] == first_json["retrieval_baseline"]["attributes"]
+    fid_row = next(line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| FID |"))
+    assert [cell.strip() for cell in fid_row] == ["FID", *(format_number(results["overall"]["fid"]) for results in (
+        first_json, first_json["retrieval_baseline"], heard_baseline)), format_number(first_json["overall"]["fid_real"])]
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "<th>retrieval baseline</th><th>retrieval baseline, heard class</th>" in page
+    assert 'src="figure7_retrieval_heard_class.png"' in page
 
     # his.grid pads around every image, the outer border included
     grid, gap, label = 4 * 64 + 5 * figures.PAD, figures.GAP, figures.LABEL_WIDTH
@@ -439,9 +454,11 @@ def test_evaluate_writes_outputs_and_is_deterministic(data, cache_dir, tmp_path)
     assert events.Scalars("eval/shuffled_follows_sound")[0].value == pytest.approx(
         first["overall"]["shuffled_follows_sound"]
     )
-    assert {"eval/figure7", "eval/figure8", "eval/figure7_retrieval"} <= set(events.Tags()["images"])
-    assert events.Scalars("eval_retrieval_baseline/conditional_accuracy")[0].value == pytest.approx(
-        first["retrieval_baseline"]["overall"]["conditional_accuracy"])
+    assert {"eval/figure7", "eval/figure8", "eval/figure7_retrieval", "eval/figure7_retrieval_heard_class"} <= set(
+        events.Tags()["images"])
+    for baseline in ("retrieval_baseline", "retrieval_baseline_heard_class"):
+        assert events.Scalars(f"eval_{baseline}/conditional_accuracy")[0].value == pytest.approx(
+            first[baseline]["overall"]["conditional_accuracy"])
 
 
 # ---- the stage on a his.train run directory ----------------------------------------------------------------
@@ -517,6 +534,32 @@ def test_retrieval_baseline_looks_up_the_nearest_sounds_frames(data):
     np.testing.assert_array_equal(looked_up, data.train_frames[nearest])
     # the features here are class and attributes: a looked-up frame is always of the sound's class
     assert (data.train_labels[nearest] == data.test_labels[:2, None]).all()
+
+
+def test_the_heard_class_baseline_looks_up_frames_of_the_class_a_linear_reader_hears_nearest_first():
+    # feature 0 says the class; feature 1 is loud and says nothing of it (the same mean in both classes), so by
+    # distance a sound's nearest training clip can be of the other class while a linear reader hears its own
+    train_features = np.array([[0, 0], [0, 10], [0, 20], [1, 4], [1, 10], [1, 16]], np.float32)
+    train_labels = np.array([0, 0, 0, 1, 1, 1])
+    test_features = np.array([[0, 15.5], [1, 19]], np.float32)
+    test_labels = np.array([0, 1])
+    train_frames = np.broadcast_to(np.arange(6, dtype=np.uint8)[:, None, None, None], (6, 64, 64, 3)).copy()
+    data = EvalData(classes=["a", "b"], train_frames=train_frames, train_labels=train_labels,
+                    test_frames=train_frames[:2], test_labels=test_labels, test_features=test_features,
+                    train_features=train_features)
+    def looked_up_rows(frames: np.ndarray) -> list[list[int]]:
+        return frames[:, :, 0, 0, 0].tolist()
+
+    nearest = looked_up_rows(retrieval_samples(train_features, train_frames, test_features, k=2))
+    assert nearest == [[5, 2], [2, 5]]  # each sound's nearest training clip is of the other class
+    heard = heard_classes(data)
+    assert heard.tolist() == test_labels.tolist()
+    within = heard_class_retrieval_samples(train_features, train_frames, train_labels, test_features, heard, k=4)
+    # the heard class has 3 training clips: all of them, nearest first, then again from the nearest
+    assert looked_up_rows(within) == [[2, 1, 0, 2], [5, 4, 3, 5]]
+    heard_otherwise = heard_class_retrieval_samples(train_features, train_frames, train_labels, test_features,
+                                                    1 - heard, k=2)
+    assert looked_up_rows(heard_otherwise) == [[5, 4], [2, 1]]
 
 
 def test_retrieval_baseline_scores_like_real_frames_and_is_caught_copying(data, real_results, cache_dir):

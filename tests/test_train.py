@@ -514,9 +514,11 @@ def test_validation_curve_and_best_checkpoint_use_held_out_training_groups(clips
     from his.eval.stage import EvalConfig, run as evaluate
 
     fitted = {p: p.stat().st_mtime_ns for p in (clips / "eval-cache").glob("classifier-*.pt")}
-    results = json.loads(Path(evaluate(EvalConfig(run=str(tmp_path), k=2, classifier_steps=100,
-                                                  regressor_steps=10))["results"]).read_text())
+    summary = evaluate(EvalConfig(run=str(tmp_path), k=2, classifier_steps=100, regressor_steps=10))
+    results = json.loads(Path(summary["results"]).read_text())
     assert Path(results["classifier"]["cache"]) in fitted
+    for baseline in ("retrieval_baseline", "retrieval_baseline_heard_class"):  # the stage's summary names both
+        assert summary[f"{baseline}_conditional_accuracy"] == results[baseline]["overall"]["conditional_accuracy"]
     assert {p: p.stat().st_mtime_ns for p in (clips / "eval-cache").glob("classifier-*.pt")} == fitted
 
 

@@ -41,7 +41,7 @@ from his.eval.metrics import (
     within_class_spearman,
     within_class_spearman_interval,
 )
-from his.eval.report import eval_report, format_interval, format_number, summary_rows
+from his.eval.report import RETRIEVAL_BASELINES, eval_report, format_interval, format_number, summary_rows
 from his.frame_classifier import FrameNet, run_net, train_classifier, train_regressor
 from his.hparams import log_hparams
 from his.io import atomic_path, write_json
@@ -105,6 +105,32 @@ def retrieval_samples(train_features: np.ndarray, train_frames: np.ndarray, feat
     sound features are nearest, nearest first: uint8 (n, k, 64, 64, 3). The sceptic's first question of any
     sound-to-image generator is whether it beats looking a frame up by sound."""
     return np.asarray(train_frames)[nearest_rows(features, train_features, k)]
+
+
+def heard_class_retrieval_samples(train_features: np.ndarray, train_frames: np.ndarray, train_labels: np.ndarray,
+                                  features: np.ndarray, heard: np.ndarray, k: int) -> np.ndarray:
+    """The retrieval baseline within the heard class: for each sound i, `retrieval_samples` among only the
+    training clips of class heard[i] (the class a linear probe hears in it, `heard_classes`), nearest first:
+    uint8 (n, k, 64, 64, 3). It asks whether a generator beats looking a frame up where the retrieval generator
+    with heard_class=True looks. A heard class with fewer than k training clips gives all of them, nearest first,
+    repeated in that order up to k, so that every sound has k samples."""
+    train_features, train_frames, train_labels = (np.asarray(a) for a in (train_features, train_frames, train_labels))
+    features, heard = np.asarray(features), np.asarray(heard)
+    looked_up = np.empty((len(features), k, *train_frames.shape[1:]), train_frames.dtype)
+    for c in np.unique(heard):
+        of_class, heard_as_c = train_labels == c, heard == c
+        found = retrieval_samples(train_features[of_class], train_frames[of_class], features[heard_as_c], k)
+        looked_up[heard_as_c] = np.take(found, np.arange(k), axis=1, mode="wrap")
+    return looked_up
+
+
+def heard_classes(data: EvalData) -> np.ndarray | None:
+    """The class a linear probe, fitted on the training sounds' features, hears in each test sound: int
+    (n_test,); None without train and test features."""
+    if data.train_features is None or data.test_features is None:
+        return None
+    return linear_probe(data.train_features, np.asarray(data.train_labels, np.int64), data.test_features,
+                        len(data.classes))
 
 
 def _pixels(frames: np.ndarray) -> np.ndarray:
@@ -213,11 +239,13 @@ def compute_metrics(
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     shuffled: ShuffledSounds | None = None,
+    heard: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every metric for generated samples uint8 (n_test, K, 64, 64, 3), row i from test clip i's sound; with
     `shuffled`, also the shuffled-sound control (otherwise its numbers are nan).
 
     `cache_dir` holds the trained classifier (and regressor) keyed by the data, so a second call is cheap.
+    `heard` (`heard_classes(data)`, for the sound-limited ceiling) is fitted here when not given.
     """
     classes = list(data.classes)
     test_labels = np.asarray(data.test_labels, np.int64)
@@ -248,8 +276,8 @@ def compute_metrics(
         shuffled_follows = shuffled_predicted == np.repeat(test_labels[shuffled.sounds], k)
 
     heard_accuracy = heard_ceiling = math.nan
-    if data.train_features is not None and data.test_features is not None:
-        heard = linear_probe(data.train_features, train_labels, data.test_features, len(classes))
+    heard = heard_classes(data) if heard is None else heard
+    if heard is not None:
         heard_accuracy = float((heard == test_labels).mean())
         heard_ceiling = heard_class_ceiling(heard, test_labels, test_logits.argmax(1))
 
@@ -323,16 +351,31 @@ def compute_metrics(
 
 
 def retrieval_baseline(data: EvalData, looked_up: np.ndarray, settings: EvalSettings = EvalSettings(),
-                       cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Every metric of compute_metrics for the retrieval baseline (`looked_up`: `retrieval_samples` of the test
-    sounds, K training frames each), with its shuffled-sound control looked up from the same shuffled sounds as a
-    generator's. Returns {"overall": ..., "per_class": ..., "attributes": ...} as compute_metrics does."""
-    k = looked_up.shape[1]
+                       cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+                       heard: np.ndarray | None = None) -> dict[str, Any]:
+    """Every metric of compute_metrics for a retrieval baseline (`looked_up`: `retrieval_samples` or
+    `heard_class_retrieval_samples` of the test sounds, K training frames each, row i from test sound i), with its
+    shuffled-sound control looked up from the same shuffled sounds as a generator's; `heard` as compute_metrics
+    takes it. Returns {"overall": ..., "per_class": ..., "attributes": ...} as compute_metrics does."""
     sounds = cross_class_derangement(data.test_labels, settings.seed)
-    shuffled = ShuffledSounds(sounds, retrieval_samples(data.train_features, data.train_frames,
-                                                        np.asarray(data.test_features)[sounds], k))
-    results = compute_metrics(data, looked_up, settings, cache_dir, device, shuffled)
+    # a lookup depends on nothing but its sound: the shuffled sound's frames are the ones it looked up
+    shuffled = ShuffledSounds(sounds, looked_up[sounds])
+    results = compute_metrics(data, looked_up, settings, cache_dir, device, shuffled, heard)
     return {key: results[key] for key in ("overall", "per_class", "attributes") if key in results}
+
+
+# each retrieval baseline's Figure 7: the training frames that Figure 7's sounds look up
+RETRIEVAL_FIGURES = {"retrieval_baseline": "figure7_retrieval",
+                     "retrieval_baseline_heard_class": "figure7_retrieval_heard_class"}
+
+
+def _retrieval_lookups(data: EvalData, heard: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """The training frames each retrieval baseline looks up for the test sounds, k each, by results key."""
+    return {
+        "retrieval_baseline": retrieval_samples(data.train_features, data.train_frames, data.test_features, k),
+        "retrieval_baseline_heard_class": heard_class_retrieval_samples(
+            data.train_features, data.train_frames, data.train_labels, data.test_features, heard, k),
+    }
 
 
 def _figure_clips(data: EvalData, settings: EvalSettings) -> tuple[list[int], tuple[int, int] | None]:
@@ -364,11 +407,13 @@ def _markdown(results: dict[str, Any]) -> str:
         "again, with the same noise, from the sound of a clip of another class; images that follow the sound are "
         "read as the clip's own class almost never, as the sound's class about as often as in conditional accuracy. "
         "Retrieval baseline: for each sound, the training frames of the K training clips whose sound features are "
-        "nearest, scored as if generated; a generator that does not beat it has not learned to draw sound. Nearest "
-        "training frame: a generator that copies draws images nearer to its training frames than new real frames are.",
+        "nearest, scored as if generated; a generator that does not beat it has not learned to draw sound. "
+        "Retrieval baseline, heard class: the same, among only the training clips of the class a linear probe hears "
+        "in the sound. Nearest training frame: a generator that copies draws images nearer to its training frames "
+        "than new real frames are.",
         "",
-        "| metric | generated | retrieval baseline | real |",
-        "|---|---|---|---|",
+        "| metric | generated | " + " | ".join(RETRIEVAL_BASELINES.values()) + " | real |",
+        "|---|---|" + "---|" * len(RETRIEVAL_BASELINES) + "---|",
         *(f"| {name} | " + " | ".join(cell(v) for v in values) + " |" for name, *values in summary_rows(results)),
         "",
         "| class | clips | accuracy | ceiling | accuracy, shuffled sound | R@1 own | R@5 own | R@1 class | FID "
@@ -427,11 +472,11 @@ def evaluate(
     config) its HParams session (log_hparams). Returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = compute_metrics(data, samples, settings, cache_dir, device, shuffled)
-    looked_up = None
-    if data.train_features is not None and data.test_features is not None:
-        looked_up = retrieval_samples(data.train_features, data.train_frames, data.test_features, samples.shape[1])
-        results["retrieval_baseline"] = retrieval_baseline(data, looked_up, settings, cache_dir, device)
+    heard = heard_classes(data)
+    results = compute_metrics(data, samples, settings, cache_dir, device, shuffled, heard)
+    looked_up = {} if heard is None else _retrieval_lookups(data, heard, samples.shape[1])
+    for key, frames in looked_up.items():
+        results[key] = retrieval_baseline(data, frames, settings, cache_dir, device, heard)
 
     seven_rows, eight_rows = _figure_clips(data, settings)
     labels = np.asarray(data.test_labels)
@@ -440,8 +485,8 @@ def evaluate(
                                [data.classes[labels[r]] for r in seven_rows])
 
     images = {"figure7": figure7(samples)}
-    if looked_up is not None:  # the same sounds' looked-up training frames, to set beside Figure 7
-        images["figure7_retrieval"] = figure7(looked_up)
+    for key, frames in looked_up.items():  # the same sounds' looked-up training frames, to set beside Figure 7
+        images[RETRIEVAL_FIGURES[key]] = figure7(frames)
     if eight_rows is not None:
         a, b = eight_rows
         images["figure8"] = figures.figure8(samples[a], data.test_frames[a], samples[b], data.test_frames[b])
@@ -460,9 +505,10 @@ def evaluate(
             for key, value in results["overall"].items():
                 if isinstance(value, float) and not math.isnan(value):
                     writer.add_scalar(f"eval/{key}", value, step)
-            for key, value in results.get("retrieval_baseline", {}).get("overall", {}).items():
-                if isinstance(value, float) and not math.isnan(value):
-                    writer.add_scalar(f"eval_retrieval_baseline/{key}", value, step)
+            for baseline in RETRIEVAL_BASELINES:
+                for key, value in results.get(baseline, {}).get("overall", {}).items():
+                    if isinstance(value, float) and not math.isnan(value):
+                        writer.add_scalar(f"eval_{baseline}/{key}", value, step)
             for name, attribute in results.get("attributes", {}).items():
                 if not math.isnan(attribute["spearman"]):
                     writer.add_scalar(f"eval/spearman_{name}", attribute["spearman"], step)

@@ -78,16 +78,26 @@ def _attribute_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
              a["spearman_within_class_real"]) for name, a in results.get("attributes", {}).items()]
 
 
-def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
-    """compute_metrics' overall numbers and attribute following as (metric, generated, retrieval baseline, real)
-    rows, for results.md and the page. The retrieval baseline (results["retrieval_baseline"], the training
-    frames whose sounds are nearest) is "" where it was not computed."""
+# the retrieval baselines' results keys and their columns in the summary table, in order: the training frames
+# whose sounds are nearest, and the same within the class a linear probe hears in the sound
+RETRIEVAL_BASELINES = {"retrieval_baseline": "retrieval baseline",
+                       "retrieval_baseline_heard_class": "retrieval baseline, heard class"}
+
+
+def _baseline_values(baseline: dict[str, Any] | None, n_classes: int, n_rows: int) -> list[Any]:
+    """A retrieval baseline's value in each summary row, "" in each where it was not computed."""
+    if not baseline:
+        return [""] * n_rows
+    return [value for _, value, _ in _overall_rows(baseline["overall"], n_classes) + _attribute_rows(baseline)]
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """compute_metrics' overall numbers and attribute following as (metric, generated, one value per
+    RETRIEVAL_BASELINES, real) rows, for results.md and the page. A baseline that was not computed is ""."""
     n_classes = len(results["classes"])
     generated = _overall_rows(results["overall"], n_classes) + _attribute_rows(results)
-    baseline = results.get("retrieval_baseline")
-    looked_up = (_overall_rows(baseline["overall"], n_classes) + _attribute_rows(baseline) if baseline
-                 else [("", "", "")] * len(generated))
-    return [(name, value, base, real) for (name, value, real), (_, base, _) in zip(generated, looked_up)]
+    baselines = [_baseline_values(results.get(key), n_classes, len(generated)) for key in RETRIEVAL_BASELINES]
+    return [(name, value, *looked_up, real) for (name, value, real), *looked_up in zip(generated, *baselines)]
 
 
 def write_wav(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int) -> Path:
@@ -164,7 +174,7 @@ def _entry_html(entry: Entry) -> str:
             f'<div class="media">{"".join(media)}</div></section>')
 
 
-def render_page(title: str, intro: str, entries: Sequence[Entry], summary: Sequence[tuple[str, Any, Any, Any]] = (),
+def render_page(title: str, intro: str, entries: Sequence[Entry], summary: Sequence[tuple[Any, ...]] = (),
                 figure_files: Sequence[str] = (), skipped: Sequence[tuple[str, str]] = ()) -> str:
     """The page as HTML text: title, intro, the summary table and figures (when given), one section per entry,
     and the inputs that were skipped with their reasons."""
@@ -173,8 +183,8 @@ def render_page(title: str, intro: str, entries: Sequence[Entry], summary: Seque
         rows = "".join(f"<tr><td>{_text(name)}</td>" + "".join(f"<td class=number>{_text(format_number(v))}</td>"
                                                                for v in values) + "</tr>"
                        for name, *values in summary)
-        parts.append("<table><tr><th>metric</th><th>generated</th><th>retrieval baseline</th><th>real frames</th>"
-                     f"</tr>{rows}</table>")
+        columns = ["metric", "generated", *RETRIEVAL_BASELINES.values(), "real frames"]
+        parts.append("<table><tr>" + "".join(f"<th>{_text(c)}</th>" for c in columns) + f"</tr>{rows}</table>")
     if figure_files:
         parts.append('<div class="figures">' + "".join(
             f'<figure><img src="{_src(f)}" alt="{_text(Path(f).stem)}"><figcaption>{_text(Path(f).stem)}'

@@ -33,6 +33,7 @@ from his.data.dataset import load_features, load_rows, load_split, read_classes
 from his.distributed import choose_device
 from his.eval.data import EvalData, EvalSettings
 from his.eval.evaluate import evaluate, generate_shuffled
+from his.eval.report import RETRIEVAL_BASELINES
 from his.frame_classifier import CLASSIFIER_TRAINING, NetTraining
 from his.frames import centre_crop
 from his.models import build_generator
@@ -220,7 +221,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "figures": results["figures"],
         "report": results["report"],
         **results["overall"],
-        **{f"retrieval_baseline_{k}": v for k, v in results.get("retrieval_baseline", {}).get("overall", {}).items()
+        **{f"{baseline}_{k}": v for baseline in RETRIEVAL_BASELINES
+           for k, v in results.get(baseline, {}).get("overall", {}).items()
            if k in ("conditional_accuracy", "shuffled_accuracy")},
     }
 
