@@ -6,7 +6,8 @@ beside the retrieval baseline.
 
 For each data set (rooms x classes) `make demo`'s pipeline makes the data, fine-tunes SoundNet, extracts the
 features and trains the demo's own recipe for --steps (row "demo"); his.eval scores it and the retrieval baseline
-(row "retrieval": for each held-out sound the training frames whose sounds are nearest). Then each variant
+(row "retrieval": for each held-out sound the training frames whose sounds are nearest; row "retrieval, heard
+class": the same among the frames of the class a linear probe hears in the sound). Then each variant
 trains from scratch with the same widths, batch and generator steps (beyond its objective's defaults, RECIPES:
 the report's three objectives with the report's generator and critic; hinge is the previous demo's recipe, the
 ResNet generator with DiffAugment and an EMA; hinge-simple-g hinge with the report's generator; hinge-labels hinge
@@ -95,12 +96,15 @@ def time_to(run_dir: Path, fraction: float) -> float | None:
 
 
 def row_of(name: str, run_dir: Path, train_s: float | None) -> list[dict]:
-    """The run's row and, first, the retrieval baseline's on the same data (his.eval scores both)."""
+    """The run's row and, first, the retrieval baselines' on the same data (his.eval scores them all)."""
     results = evaluate(EvalConfig(run=str(run_dir)))
     scored = json.loads(Path(results["results"]).read_text())
     rows = [_row(name, scored, results["checkpoint"], train_s, run_dir)]
-    if name == "demo" and "retrieval_baseline" in scored:
-        rows.insert(0, _row("retrieval", {"classes": scored["classes"], **scored["retrieval_baseline"]}, None, None, None))
+    if name == "demo":
+        baselines = [(row, key) for row, key in (("retrieval", "retrieval_baseline"),
+                                                 ("retrieval, heard class", "retrieval_baseline_heard_class"))
+                     if key in scored]
+        rows[:0] = [_row(row, {"classes": scored["classes"], **scored[key]}, None, None, None) for row, key in baselines]
     return rows
 
 
