@@ -9,7 +9,8 @@
   neighbour and a 3x3 convolution (no transposed-convolution checkerboard), the sound entering every block
   through conditional batch norm.
 - `RetrievalGenerator` (not in the report): a U-Net over a training frame looked up by sound (IC-GAN's instance
-  conditioning), the sound in every block's batch norm.
+  conditioning), the sound in every block's batch norm; it can draw a change to that frame (`edit`) and look
+  it up among the frames of the class a linear reader hears in the sound (`heard_class`).
 - `InstanceGenerator`, `TwoStageGenerator` (not in the report): the two-stage method after Sound2Scene, an
   image encoder and an `EmbeddingDecoder` drawing from its embedding (stage one, no sound), then a
   `SoundToEmbedding` head in front of that decoder (stage two).
