@@ -6,10 +6,11 @@ retrieval generator uses it to look its neighbours up among the training frames 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
-def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-3,
+def fit_linear_probe(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, n_classes: int, l2: float = 1e-3,
                      steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight (D, n_classes), bias (n_classes,)), float64, minimising the mean cross-entropy of x @ weight + bias
     against y plus l2 x ||weight||^2."""
